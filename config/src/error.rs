@@ -1,0 +1,76 @@
+//! One error type for every config file, always naming where the problem is.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A config file that cannot be used. Displays as one line:
+/// `<file>:<line>: <field>: <reason>` (line and field when known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    /// Dotted path of the offending field, e.g. `instances.max_per_function`.
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(file: &Path, reason: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            field: None,
+            reason: one_line(&reason.into()),
+        }
+    }
+
+    /// An error about one field; its line is looked up in `text` (TOML).
+    pub fn field(file: &Path, text: &str, field: &str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            line: crate::locate::toml_key_line(text, field),
+            field: Some(field.to_string()),
+            reason: one_line(&reason.into()),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validation failure before it is tied to a file: field path and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Multi-line parser messages (toml, yaml) folded into one line.
+pub(crate) fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,194 @@
+//! `ol-worker`'s configuration file (TOML). Every field has a default, so an
+//! empty file (or none) is a working config; command-line flags override it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Invalid;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Address for HTTP/1.1 and h2c.
+    pub listen: SocketAddr,
+    /// Code store: a directory, or an http(s) URL serving `<name>.tar.gz`.
+    pub registry: String,
+    /// How long fetched code is trusted before the store is asked again.
+    pub registry_cache_ms: u64,
+    /// `process` (a Python process per instance) or `docker`.
+    pub sandbox: SandboxKind,
+    /// Where the worker keeps unpacked code, scratch dirs and sockets.
+    pub work_dir: PathBuf,
+    /// Python interpreter for the process sandbox.
+    pub python: PathBuf,
+    /// Largest request body for `/run` (bytes).
+    pub max_body_bytes: usize,
+    /// Largest `.tar.gz` accepted by `POST /registry/<name>` (bytes), and the
+    /// largest it may unpack to (10x).
+    pub max_upload_bytes: usize,
+    pub instances: InstancesConfig,
+    pub limits: LimitsConfig,
+    pub sandbox_user: SandboxUserConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxKind {
+    Process,
+    Docker,
+}
+
+impl std::str::FromStr for SandboxKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "process" => Ok(SandboxKind::Process),
+            "docker" => Ok(SandboxKind::Docker),
+            _ => Err(format!("unknown sandbox {s:?}: expected process or docker")),
+        }
+    }
+}
+
+/// How each function's pool of instances grows, waits, pauses and shrinks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstancesConfig {
+    /// Most instances (sandboxes) of one function at once.
+    pub max_per_function: usize,
+    /// Requests that may wait for an instance; one more gets 429.
+    pub queue_per_function: usize,
+    /// An idle instance is paused after this long.
+    pub pause_after_ms: u64,
+    /// A paused instance is removed after this long idle.
+    pub evict_after_ms: u64,
+    /// Sum of instance memory limits kept alive; beyond it the least
+    /// recently used idle instances are removed.
+    pub memory_budget_mb: u64,
+}
+
+/// Default per-instance limits; a function's `ol.yaml` may override each.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub memory_mb: u64,
+    pub procs: u64,
+    pub runtime_ms: u64,
+    /// Percent of one CPU (100 = one core).
+    pub cpu_percent: u64,
+}
+
+/// The unprivileged uids handlers run as (one per live instance), when the
+/// worker runs as root. No passwd entries are needed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxUserConfig {
+    pub uid_base: u32,
+    pub uid_count: u32,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            listen: "127.0.0.1:5000".parse().unwrap(),
+            registry: "examples/functions".into(),
+            registry_cache_ms: 5000,
+            sandbox: SandboxKind::Process,
+            work_dir: std::env::temp_dir().join("ol-worker"),
+            python: "/usr/bin/python3".into(),
+            max_body_bytes: 6 * 1024 * 1024,
+            max_upload_bytes: 50 * 1024 * 1024,
+            instances: InstancesConfig::default(),
+            limits: LimitsConfig::default(),
+            sandbox_user: SandboxUserConfig::default(),
+        }
+    }
+}
+
+impl Default for InstancesConfig {
+    fn default() -> Self {
+        InstancesConfig {
+            max_per_function: 16,
+            queue_per_function: 256,
+            pause_after_ms: 500,
+            evict_after_ms: 120_000,
+            memory_budget_mb: 4096,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            memory_mb: 256,
+            procs: 64,
+            runtime_ms: 30_000,
+            cpu_percent: 100,
+        }
+    }
+}
+
+impl Default for SandboxUserConfig {
+    fn default() -> Self {
+        SandboxUserConfig {
+            uid_base: 200_000,
+            uid_count: 4096,
+        }
+    }
+}
+
+impl WorkerConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.registry.is_empty() {
+            return Err(Invalid::new(
+                "registry",
+                "must name a directory or an http(s) URL",
+            ));
+        }
+        let positive = [
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("max_upload_bytes", self.max_upload_bytes as u64),
+            (
+                "instances.max_per_function",
+                self.instances.max_per_function as u64,
+            ),
+            (
+                "instances.memory_budget_mb",
+                self.instances.memory_budget_mb,
+            ),
+            ("limits.memory_mb", self.limits.memory_mb),
+            ("limits.procs", self.limits.procs),
+            ("limits.runtime_ms", self.limits.runtime_ms),
+            ("limits.cpu_percent", self.limits.cpu_percent),
+            ("sandbox_user.uid_base", self.sandbox_user.uid_base as u64),
+            ("sandbox_user.uid_count", self.sandbox_user.uid_count as u64),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(Invalid::new(field, "must be greater than 0"));
+            }
+        }
+        if self.limits.memory_mb < 16 {
+            return Err(Invalid::new(
+                "limits.memory_mb",
+                "below 16 MiB Python cannot start",
+            ));
+        }
+        if self.instances.evict_after_ms < self.instances.pause_after_ms {
+            return Err(Invalid::new(
+                "instances.evict_after_ms",
+                "must not be shorter than instances.pause_after_ms",
+            ));
+        }
+        if (self.sandbox_user.uid_base as u64) + (self.sandbox_user.uid_count as u64)
+            > u32::MAX as u64
+        {
+            return Err(Invalid::new(
+                "sandbox_user.uid_count",
+                "uid range overflows",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! Routing policies (see issue: Policies). Pure code: no I/O, no async.

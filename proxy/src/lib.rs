@@ -1,0 +1,1 @@
+//! The pingora edge proxy (see issue: Proxy).
