@@ -41,7 +41,7 @@ pub struct HttpTrigger {
 }
 
 /// Limits a function may set for its own instances. `None` keeps the
-/// worker's default; a value above the worker's ceiling is clamped by it.
+/// worker's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionLimits {

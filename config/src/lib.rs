@@ -8,6 +8,8 @@ mod error;
 pub mod function;
 mod locate;
 mod name;
+pub mod policy;
+pub mod proxy;
 pub mod worker;
 
 use std::path::Path;
@@ -18,6 +20,8 @@ pub use error::{ConfigError, Invalid};
 pub use function::FunctionConfig;
 pub use locate::toml_key_line;
 pub use name::{validate_function_name, MAX_NAME_LEN};
+pub use policy::{KeySource, LocalityKey, PolicyConfig, PolicyKind, RouteConfig, RoutingConfig};
+pub use proxy::ProxyConfig;
 pub use worker::WorkerConfig;
 
 /// A config type that can check itself after parsing.
@@ -28,6 +32,18 @@ pub trait Validate {
 impl Validate for WorkerConfig {
     fn validate(&self) -> Result<(), Invalid> {
         WorkerConfig::validate(self)
+    }
+}
+
+impl Validate for ProxyConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        ProxyConfig::validate(self)
+    }
+}
+
+impl Validate for RoutingConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        RoutingConfig::validate(self)
     }
 }
 

@@ -20,7 +20,10 @@ pub struct WorkerConfig {
     /// `process` (a Python process per instance) or `docker`.
     pub sandbox: SandboxKind,
     /// Where the worker keeps unpacked code, scratch dirs and sockets.
-    pub work_dir: PathBuf,
+    /// Default: `<temp dir>/ol-worker-<listen port>`, so that several
+    /// workers on one host do not share one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work_dir: Option<PathBuf>,
     /// Python interpreter for the process sandbox.
     pub python: PathBuf,
     /// Largest request body for `/run` (bytes).
@@ -95,7 +98,7 @@ impl Default for WorkerConfig {
             registry: "examples/functions".into(),
             registry_cache_ms: 5000,
             sandbox: SandboxKind::Process,
-            work_dir: std::env::temp_dir().join("ol-worker"),
+            work_dir: None,
             python: "/usr/bin/python3".into(),
             max_body_bytes: 6 * 1024 * 1024,
             max_upload_bytes: 50 * 1024 * 1024,
@@ -139,6 +142,13 @@ impl Default for SandboxUserConfig {
 }
 
 impl WorkerConfig {
+    /// The work dir in force: the configured one or the per-port default.
+    pub fn work_dir(&self) -> PathBuf {
+        self.work_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("ol-worker-{}", self.listen.port()))
+        })
+    }
+
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.registry.is_empty() {
             return Err(Invalid::new(

@@ -1,1 +1,161 @@
-fn main() {}
+//! `ol-worker`: a thin binary over the `workers` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use config::worker::SandboxKind;
+use config::WorkerConfig;
+use workers::handler::HandlerSet;
+use workers::registry::Registry;
+use workers::sandbox::process::ProcessManager;
+use workers::sandbox::SandboxManager;
+use workers::server::{self, App};
+
+/// An OpenLambda-compatible worker: runs Python functions (`f.py` with
+/// `def f(event)`, or a WSGI `app`) in sandboxes and serves them over HTTP.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// TOML config file (see config/worker.example.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to serve HTTP/1.1 and h2c on.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Code store: a directory or an http(s) URL serving <name>.tar.gz.
+    #[arg(long)]
+    registry: Option<String>,
+    /// Sandbox backend: process or docker.
+    #[arg(long)]
+    sandbox: Option<SandboxKind>,
+    /// Where unpacked code, scratch dirs and sockets live.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// How long fetched code is trusted before re-checking the store (ms).
+    #[arg(long)]
+    registry_cache_ms: Option<u64>,
+    /// Grace period for open calls at shutdown (ms).
+    #[arg(long, default_value_t = 5000)]
+    grace_ms: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ol-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cfg, Duration::from_millis(cli.grace_ms))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ol-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<WorkerConfig, String> {
+    let mut cfg: WorkerConfig = match &cli.config {
+        Some(p) => config::load_toml(p).map_err(|e| e.to_string())?,
+        None => WorkerConfig::default(),
+    };
+    if let Some(v) = cli.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = &cli.registry {
+        cfg.registry = v.clone();
+    }
+    if let Some(v) = cli.sandbox {
+        cfg.sandbox = v;
+    }
+    if let Some(v) = &cli.work_dir {
+        cfg.work_dir = Some(v.clone());
+    }
+    if let Some(v) = cli.registry_cache_ms {
+        cfg.registry_cache_ms = v;
+    }
+    cfg.validate()
+        .map_err(|i| format!("invalid setting {}: {}", i.field, i.reason))?;
+    Ok(cfg)
+}
+
+async fn run(cfg: WorkerConfig, grace: Duration) -> anyhow::Result<()> {
+    let work = cfg.work_dir();
+    std::fs::create_dir_all(&work)?;
+    // Instances of a previous run that died without cleaning up.
+    let _ = std::fs::remove_dir_all(work.join("instances"));
+    let registry = Arc::new(Registry::new(
+        &cfg.registry,
+        &work,
+        Duration::from_millis(cfg.registry_cache_ms),
+        cfg.max_upload_bytes,
+    )?);
+    let manager: Arc<dyn SandboxManager> = match cfg.sandbox {
+        SandboxKind::Process => Arc::new(ProcessManager::new(&cfg, registry.clone())?),
+        SandboxKind::Docker => anyhow::bail!(
+            "the docker sandbox is not available in this build; use --sandbox process"
+        ),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        registry = %cfg.registry,
+        work_dir = %work.display(),
+        "ol-worker ready; {}",
+        manager.describe()
+    );
+    let handlers = HandlerSet::new(manager.clone(), cfg.instances.clone(), cfg.limits);
+    let reaper = {
+        let handlers = handlers.clone();
+        let every = Duration::from_millis((cfg.instances.pause_after_ms / 2).clamp(10, 100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                handlers.reap().await;
+            }
+        })
+    };
+    let app = Arc::new(App {
+        handlers: handlers.clone(),
+        registry,
+        max_body: cfg.max_body_bytes,
+        max_upload: cfg.max_upload_bytes,
+    });
+    server::serve(listener, app, shutdown_signal(), grace).await;
+    reaper.abort();
+    tracing::info!("shutting down: removing instances");
+    handlers.remove_all().await;
+    manager.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

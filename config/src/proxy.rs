@@ -1,0 +1,443 @@
+//! `ol-proxy`'s configuration file (TOML). Every field has a default, so an
+//! empty file is a working config (it proxies to nothing until workers are
+//! named); `--listen`/`--admin` flags override the file.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! threads = 2
+//!
+//! [admin]
+//! listen = "127.0.0.1:8081"
+//! token = "secret"                  # bearer token; empty: no auth
+//!
+//! [workers]
+//! static = ["127.0.0.1:5001", "127.0.0.1:5002"]
+//! dns = "workers.internal:5000"     # each A record is a worker
+//! dns_refresh_ms = 5000
+//!
+//! [health]
+//! interval_ms = 1000
+//! rise = 2
+//! fall = 2
+//!
+//! [timeouts]
+//! connect_ms = 1000
+//! read_ms = 30000
+//! total_ms = 60000
+//! shutdown_grace_ms = 5000
+//!
+//! [routing]                         # config::policy::RoutingConfig
+//! default_policy = "least-load"
+//! [[routing.policies]]
+//! name = "sess"
+//! kind = "session"
+//! key = { cookie = "sid" }
+//! [[routing.routes]]
+//! functions = ["hello*"]
+//! policy = "sess"
+//!
+//! [[paths]]                         # non-/run paths forwarded as they are
+//! prefix = "/static/"
+//! policy = "round-robin"
+//! ```
+//!
+//! The routing table is the policies crate's schema, embedded as a table
+//! (not flattened) so that unknown fields stay errors everywhere.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Invalid, RoutingConfig};
+
+/// Largest request body the proxy buffers to find a routing key in it. It is
+/// pingora's retry-buffer size: a buffered body is replayed from there.
+pub const MAX_INSPECT_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Public address: HTTP/1.1 and h2c on the same port.
+    pub listen: SocketAddr,
+    /// Threads of the proxy service (pingora worker threads).
+    pub threads: usize,
+    /// A label shown by `/admin/status`; the config's hash is shown too.
+    pub version: String,
+    pub admin: AdminConfig,
+    pub workers: WorkersConfig,
+    pub local_workers: LocalWorkersConfig,
+    pub health: HealthConfig,
+    pub timeouts: TimeoutsConfig,
+    /// Connect failures retried on the next worker of the policy's order.
+    pub retries: usize,
+    pub limits: ProxyLimits,
+    /// Function routes and policies (the policies crate's schema).
+    pub routing: RoutingConfig,
+    /// Paths outside `/run/` that are forwarded unchanged (first match
+    /// wins); any other path answers 404.
+    pub paths: Vec<PathRoute>,
+}
+
+/// The admin listener: `/metrics` and `/admin/status`, never on `listen`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token required on every admin request; empty means none.
+    pub token: String,
+}
+
+/// Where the workers are: a static list and/or a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// `ip:port` addresses.
+    #[serde(rename = "static")]
+    pub static_addrs: Vec<SocketAddr>,
+    /// `name:port`, re-resolved every `dns_refresh_ms`; each address is a
+    /// worker. Empty: none.
+    pub dns: String,
+    pub dns_refresh_ms: u64,
+}
+
+/// `ol-worker` processes that `ol-proxy` starts itself (quickstart), on
+/// free loopback ports, and stops on exit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalWorkersConfig {
+    /// How many; 0 starts none.
+    pub count: usize,
+    /// The workers' code store (`--registry`).
+    pub registry: String,
+    /// The `ol-worker` executable: a path, or a name looked up next to
+    /// `ol-proxy` and then on `PATH`.
+    pub binary: String,
+    /// `process` or `docker`.
+    pub sandbox: String,
+    /// Parent of each worker's `--work-dir`; default: a temporary directory.
+    pub work_dir: Option<PathBuf>,
+}
+
+/// Active health checks: `GET <path>` expecting 200 and a body starting
+/// with `ready`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// false: every worker is always taken as healthy.
+    pub enabled: bool,
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring an unhealthy worker back.
+    pub rise: u32,
+    /// Consecutive failures that take a healthy worker out.
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// TCP connect to a worker.
+    pub connect_ms: u64,
+    /// Longest wait for each read from a worker (headers or a body chunk).
+    pub read_ms: u64,
+    /// Longest wait for each write to a worker.
+    pub write_ms: u64,
+    /// Longest time from picking a worker to the end of its response.
+    pub total_ms: u64,
+    /// Idle upstream keep-alive connections are closed after this long.
+    pub idle_ms: u64,
+    /// On SIGINT/SIGTERM: how long in-flight requests may finish.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyLimits {
+    /// Largest body buffered for a JSON-path key (413 beyond); at most 64 KiB.
+    pub inspect_body_bytes: usize,
+    /// Upstream keep-alive connections kept per proxy.
+    pub keepalive_pool: usize,
+}
+
+/// A non-`/run/` path prefix forwarded unchanged with a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathRoute {
+    /// Starts with `/`; matched against the request path.
+    pub prefix: String,
+    /// A policy of `routing` (a name or a built-in kind).
+    pub policy: String,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            threads: 2,
+            version: String::new(),
+            admin: AdminConfig::default(),
+            workers: WorkersConfig::default(),
+            local_workers: LocalWorkersConfig::default(),
+            health: HealthConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            retries: 2,
+            limits: ProxyLimits::default(),
+            routing: RoutingConfig::default(),
+            paths: Vec::new(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:8081".parse().unwrap(),
+            token: String::new(),
+        }
+    }
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            static_addrs: Vec::new(),
+            dns: String::new(),
+            dns_refresh_ms: 5000,
+        }
+    }
+}
+
+impl Default for LocalWorkersConfig {
+    fn default() -> Self {
+        LocalWorkersConfig {
+            count: 0,
+            registry: "examples/functions".into(),
+            binary: "ol-worker".into(),
+            sandbox: "process".into(),
+            work_dir: None,
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            enabled: true,
+            path: "/status".into(),
+            interval_ms: 1000,
+            timeout_ms: 500,
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect_ms: 1000,
+            read_ms: 30_000,
+            write_ms: 30_000,
+            total_ms: 60_000,
+            idle_ms: 60_000,
+            shutdown_grace_ms: 5000,
+        }
+    }
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        ProxyLimits {
+            inspect_body_bytes: MAX_INSPECT_BODY_BYTES,
+            keepalive_pool: 128,
+        }
+    }
+}
+
+impl ProxyConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.threads == 0 || self.threads > 256 {
+            return Err(Invalid::new("threads", "must be 1 to 256"));
+        }
+        if self.admin.listen == self.listen {
+            return Err(Invalid::new(
+                "admin.listen",
+                "must differ from listen: admin is never served on the public port",
+            ));
+        }
+        if self.admin.token.chars().any(|c| c.is_whitespace()) {
+            return Err(Invalid::new("admin.token", "must not contain whitespace"));
+        }
+        if !self.workers.dns.is_empty() {
+            match self.workers.dns.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                _ => {
+                    return Err(Invalid::new(
+                        "workers.dns",
+                        format!("{:?}: expected name:port", self.workers.dns),
+                    ))
+                }
+            }
+            if self.workers.dns_refresh_ms == 0 {
+                return Err(Invalid::new(
+                    "workers.dns_refresh_ms",
+                    "must be greater than 0",
+                ));
+            }
+        }
+        if self.local_workers.count > 64 {
+            return Err(Invalid::new("local_workers.count", "must be at most 64"));
+        }
+        if self.local_workers.count > 0 {
+            if self.local_workers.registry.is_empty() {
+                return Err(Invalid::new("local_workers.registry", "must not be empty"));
+            }
+            if self.local_workers.binary.is_empty() {
+                return Err(Invalid::new("local_workers.binary", "must not be empty"));
+            }
+            if !matches!(self.local_workers.sandbox.as_str(), "process" | "docker") {
+                return Err(Invalid::new(
+                    "local_workers.sandbox",
+                    format!(
+                        "unknown sandbox {:?}: expected process or docker",
+                        self.local_workers.sandbox
+                    ),
+                ));
+            }
+        }
+        if !self.health.path.starts_with('/') {
+            return Err(Invalid::new("health.path", "must start with /"));
+        }
+        let positive = [
+            ("health.interval_ms", self.health.interval_ms),
+            ("health.timeout_ms", self.health.timeout_ms),
+            ("health.rise", self.health.rise as u64),
+            ("health.fall", self.health.fall as u64),
+            ("timeouts.connect_ms", self.timeouts.connect_ms),
+            ("timeouts.read_ms", self.timeouts.read_ms),
+            ("timeouts.write_ms", self.timeouts.write_ms),
+            ("timeouts.total_ms", self.timeouts.total_ms),
+            ("timeouts.idle_ms", self.timeouts.idle_ms),
+            (
+                "limits.inspect_body_bytes",
+                self.limits.inspect_body_bytes as u64,
+            ),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(Invalid::new(field, "must be greater than 0"));
+            }
+        }
+        if self.limits.inspect_body_bytes > MAX_INSPECT_BODY_BYTES {
+            return Err(Invalid::new(
+                "limits.inspect_body_bytes",
+                format!("must be at most {MAX_INSPECT_BODY_BYTES} (pingora's replay buffer)"),
+            ));
+        }
+        if self.timeouts.shutdown_grace_ms > 600_000 {
+            return Err(Invalid::new(
+                "timeouts.shutdown_grace_ms",
+                "must be at most 600000 (10 minutes)",
+            ));
+        }
+        if self.retries > 16 {
+            return Err(Invalid::new("retries", "must be at most 16"));
+        }
+        self.routing.validate_at("routing")?;
+        for (i, p) in self.paths.iter().enumerate() {
+            if !p.prefix.starts_with('/') {
+                return Err(Invalid::new(
+                    format!("paths.{i}.prefix"),
+                    "must start with /",
+                ));
+            }
+            if p.prefix.starts_with("/run/") {
+                return Err(Invalid::new(
+                    format!("paths.{i}.prefix"),
+                    "/run/ is routed by function name: use [[routing.routes]]",
+                ));
+            }
+            if self.routing.resolve(&p.policy).is_none() {
+                return Err(Invalid::new(
+                    format!("paths.{i}.policy"),
+                    format!("unknown policy {:?}", p.policy),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_toml;
+    use std::path::Path;
+
+    fn err(text: &str) -> String {
+        parse_toml::<ProxyConfig>(Path::new("p.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn empty_is_default() {
+        let c: ProxyConfig = parse_toml(Path::new("p.toml"), "").unwrap();
+        assert_eq!(c, ProxyConfig::default());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let text = r#"
+listen = "127.0.0.1:9000"
+threads = 1
+[admin]
+listen = "127.0.0.1:9001"
+token = "t"
+[workers]
+static = ["127.0.0.1:5001"]
+dns = "localhost:5000"
+[local_workers]
+count = 2
+[health]
+rise = 1
+[timeouts]
+connect_ms = 50
+[routing]
+default_policy = "round-robin"
+[[routing.policies]]
+name = "sess"
+kind = "session"
+key = { cookie = "sid" }
+[[routing.routes]]
+functions = ["hello"]
+policy = "sess"
+[[paths]]
+prefix = "/"
+policy = "round-robin"
+"#;
+        let c: ProxyConfig = parse_toml(Path::new("p.toml"), text).unwrap();
+        assert_eq!(c.workers.static_addrs.len(), 1);
+        assert_eq!(c.routing.policies[0].name, "sess");
+        assert_eq!(c.paths[0].prefix, "/");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        assert_eq!(
+            err("threads = 1\n[health]\nfall = 0\n"),
+            "p.toml:3: health.fall: must be greater than 0"
+        );
+        assert!(err("[workers]\ndns = \"nope\"\n").starts_with("p.toml:2: workers.dns:"));
+        assert!(err("listen = \"x\"\n").starts_with("p.toml:1: "));
+        assert!(err("[timeouts]\nconect_ms = 1\n").contains("unknown field"));
+        let e = err("[routing]\n[[routing.policies]]\nname = \"s\"\nkind = \"session\"\n");
+        assert!(e.starts_with("p.toml:2: routing.policies.0.key:"), "{e}");
+        let e = err("[[paths]]\nprefix = \"/x\"\npolicy = \"nope\"\n");
+        assert!(e.starts_with("p.toml:3: paths.0.policy:"), "{e}");
+        let e = err("listen = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:1\"\n");
+        assert!(e.starts_with("p.toml:3: admin.listen:"), "{e}");
+    }
+}

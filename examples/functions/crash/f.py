@@ -1,0 +1,5 @@
+import os
+
+
+def f(event):
+    os._exit(3)  # the runtime process dies mid-call

@@ -1,0 +1,2 @@
+def f(event):
+    raise ValueError("this function always fails")

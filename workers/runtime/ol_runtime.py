@@ -1,0 +1,159 @@
+"""ol-edge Python runtime: runs one function instance inside a sandbox.
+
+The worker starts it as
+    python3 -I -S ol_runtime.py --code DIR --socket PATH
+It imports DIR/f.py, binds a unix socket at PATH, prints "ready" on stdout
+(or "error <one line>" and the traceback on stderr if the import failed)
+and then serves one connection from the worker, one call at a time.
+
+Wire format (both ways): frames of a 4-byte big-endian length and a payload.
+A call is two frames, a JSON head and the raw body; so is a reply.
+  call head:  {"method", "path", "query", "headers": [[k, v], ...]}
+  reply head: {"status", "headers": [[k, v], ...]}
+A module-level `f(event)` gets the body parsed as JSON (empty: {}) and its
+return value goes back as JSON. A module-level WSGI `app` gets the request.
+"""
+
+import io
+import json
+import os
+import socket
+import struct
+import sys
+import traceback
+
+_LEN = struct.Struct(">I")
+_JSON_HEADERS = [["content-type", "application/json"]]
+_TEXT_HEADERS = [["content-type", "text/plain; charset=utf-8"]]
+
+
+def _load(code_dir):
+    sys.path.insert(0, code_dir)
+    import importlib.util
+
+    path = os.path.join(code_dir, "f.py")
+    spec = importlib.util.spec_from_file_location("f", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["f"] = module
+    spec.loader.exec_module(module)
+    if callable(getattr(module, "f", None)):
+        return "f", module.f
+    if callable(getattr(module, "app", None)):
+        return "wsgi", module.app
+    raise RuntimeError("f.py defines neither f(event) nor a WSGI app")
+
+
+def _error(status, line, detail=""):
+    body = line.rstrip("\n") + "\n" + detail
+    return {"status": status, "headers": _TEXT_HEADERS}, body.encode()
+
+
+def _call_f(fn, name, body):
+    try:
+        event = json.loads(body) if body.strip() else {}
+    except (ValueError, UnicodeDecodeError) as e:
+        return _error(400, f"malformed JSON body: {e}")
+    try:
+        result = fn(event)
+    except Exception as e:  # the handler's own failure: 500 with traceback
+        return _error(500, f"function {name} raised {type(e).__name__}: {e}", traceback.format_exc())
+    try:
+        out = json.dumps(result).encode()
+    except (TypeError, ValueError) as e:
+        return _error(500, f"function {name} returned a value that is not JSON: {e}")
+    return {"status": 200, "headers": _JSON_HEADERS}, out
+
+
+def _call_wsgi(app, name, head, body):
+    environ = {
+        "REQUEST_METHOD": head["method"],
+        "SCRIPT_NAME": "/run/" + name,
+        "PATH_INFO": head["path"] or "/",
+        "QUERY_STRING": head["query"],
+        "SERVER_NAME": "ol-worker",
+        "SERVER_PORT": "0",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for k, v in head["headers"]:
+        key = k.upper().replace("-", "_")
+        if key == "CONTENT_TYPE":
+            environ["CONTENT_TYPE"] = v
+        elif key != "CONTENT_LENGTH":
+            hk = "HTTP_" + key
+            environ[hk] = environ[hk] + "," + v if hk in environ else v
+    started = {}
+
+    def start_response(status, headers, exc_info=None):
+        started["status"] = int(status.split(" ", 1)[0])
+        started["headers"] = [[k, v] for k, v in headers]
+        return lambda data: chunks.append(data)
+
+    chunks = []
+    try:
+        result = app(environ, start_response)
+        try:
+            for chunk in result:
+                chunks.append(chunk)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+    except Exception as e:
+        return _error(500, f"function {name} raised {type(e).__name__}: {e}", traceback.format_exc())
+    if "status" not in started:
+        return _error(500, f"function {name}: WSGI app did not call start_response")
+    return {"status": started["status"], "headers": started["headers"]}, b"".join(chunks)
+
+
+def _serve(conn, mode, fn, name):
+    rfile = conn.makefile("rb", buffering=65536)
+    read = rfile.read
+    while True:
+        n = read(4)
+        if len(n) < 4:
+            return
+        head = json.loads(read(_LEN.unpack(n)[0]))
+        body = read(_LEN.unpack(read(4))[0])
+        if mode == "f":
+            rhead, rbody = _call_f(fn, name, body)
+        else:
+            rhead, rbody = _call_wsgi(fn, name, head, body)
+        h = json.dumps(rhead).encode()
+        conn.sendall(b"".join((_LEN.pack(len(h)), h, _LEN.pack(len(rbody)), rbody)))
+
+
+def main(argv):
+    args = dict(zip(argv[1::2], argv[2::2]))
+    code, sock_path, name = args["--code"], args["--socket"], args.get("--name", "f")
+    ready = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # the handler's prints go to the log, not the ready pipe
+    try:
+        mode, fn = _load(code)
+    except BaseException as e:
+        detail = traceback.format_exc()
+        msg = f"{type(e).__name__}: {e}".replace("\n", " ")
+        sys.stderr.write(detail)
+        ready.write(f"error {msg}\n")
+        ready.flush()
+        return 1
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock_path)
+    srv.listen(1)
+    ready.write("ready\n")
+    ready.flush()
+    ready.close()
+    conn, _ = srv.accept()
+    srv.close()
+    _serve(conn, mode, fn, name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

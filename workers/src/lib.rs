@@ -1,0 +1,12 @@
+//! ol-worker: an OpenLambda-compatible worker. It fetches functions from a
+//! code store (`registry`), runs each call in a sandbox instance
+//! (`sandbox`, pooled per function by `handler`), and serves the HTTP
+//! contract of DESIGN.md (`server`).
+
+pub mod archive;
+mod fsutil;
+pub mod handler;
+pub mod registry;
+pub mod sandbox;
+pub mod server;
+pub mod stats;

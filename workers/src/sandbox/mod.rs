@@ -1,0 +1,114 @@
+//! The sandbox layer, after the interfaces of the OpenLambda design notes
+//! (`Sandbox`: start, stop, pause, unpause, remove, logs, state, port;
+//! `SandboxManager`: create, pull). A sandbox runs one instance of one
+//! function: a Python runtime (`workers/runtime/ol_runtime.py`) that
+//! listens on a unix socket, never a TCP port. Backends: `process` (a
+//! Python process per instance, with cgroups or rlimits).
+
+pub mod cgroup;
+pub mod process;
+pub mod rpc;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::registry::CodeVersion;
+
+/// Life cycle of a sandbox: Created -> Running <-> Paused -> Stopped -> Removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxState {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+    Removed,
+}
+
+/// The limits one instance runs under (worker defaults with `ol.yaml`
+/// overrides applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_mb: u64,
+    pub procs: u64,
+    pub runtime: Duration,
+    pub cpu_percent: u64,
+}
+
+impl Limits {
+    /// The worker's defaults overridden by what the function asks for.
+    pub fn for_function(
+        defaults: &config::worker::LimitsConfig,
+        f: &config::function::FunctionLimits,
+    ) -> Limits {
+        Limits {
+            memory_mb: f.memory_mb.unwrap_or(defaults.memory_mb),
+            procs: f.procs.unwrap_or(defaults.procs),
+            runtime: Duration::from_millis(f.runtime_ms.unwrap_or(defaults.runtime_ms)),
+            cpu_percent: f.cpu_percent.unwrap_or(defaults.cpu_percent),
+        }
+    }
+}
+
+/// Why a sandbox could not do what was asked. Each displays as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The function's code failed to import: the author's bug (500).
+    #[error("function {name} failed to load: {reason}")]
+    Load {
+        name: String,
+        reason: String,
+        log: String,
+    },
+    /// The runtime died or misbehaved (502).
+    #[error("{0}")]
+    Crashed(String),
+    /// The call ran past the runtime limit; the instance was killed (504).
+    #[error("function {name} ran past its runtime limit of {ms} ms and was stopped")]
+    Timeout { name: String, ms: u128 },
+    /// The sandbox could not be set up (502).
+    #[error("sandbox: {0}")]
+    Setup(String),
+}
+
+/// One isolated instance of a function's runtime.
+#[async_trait]
+pub trait Sandbox: Send + Sync {
+    fn id(&self) -> &str;
+    fn state(&self) -> SandboxState;
+    /// Where the runtime listens: a unix socket path.
+    fn address(&self) -> &Path;
+    /// Starts the runtime and waits until it has loaded the function and
+    /// listens; a function that fails to import gives `SandboxError::Load`.
+    async fn start(&mut self) -> Result<(), SandboxError>;
+    /// Freezes every process of the sandbox (cheap to resume).
+    async fn pause(&mut self) -> Result<(), SandboxError>;
+    async fn unpause(&mut self) -> Result<(), SandboxError>;
+    /// Kills the runtime; the sandbox cannot be started again.
+    async fn stop(&mut self);
+    /// Stops and frees everything the sandbox holds (dirs, cgroups, uid).
+    async fn remove(&mut self);
+    /// The tail of what the runtime wrote to stdout/stderr.
+    fn logs(&self, max_bytes: usize) -> String;
+    /// After the runtime died: why (exit status, killed by the memory limit).
+    async fn exit_reason(&mut self) -> String;
+}
+
+/// Creates sandboxes of one backend, and pulls code for them.
+#[async_trait]
+pub trait SandboxManager: Send + Sync {
+    /// A new sandbox for `code` with `limits`, created but not started.
+    async fn create(
+        &self,
+        code: &Arc<CodeVersion>,
+        limits: Limits,
+    ) -> Result<Box<dyn Sandbox>, SandboxError>;
+    /// Makes the current version of a function available locally.
+    async fn pull(&self, name: &str) -> Result<Arc<CodeVersion>, crate::registry::RegistryError>;
+    /// What isolation is in force, for the start-up log.
+    fn describe(&self) -> String;
+    /// Removes what the backend left behind at exit.
+    async fn shutdown(&self);
+}

@@ -1,0 +1,173 @@
+//! Counters and timers behind `/stats` and `x-ol-timing`.
+//!
+//! `/stats` is flat JSON in OpenLambda's style: `<timer>.cnt` and
+//! `<timer>.ms-avg` for each timed level, plus plain counters.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Timer {
+    cnt: AtomicU64,
+    total_us: AtomicU64,
+}
+
+impl Timer {
+    pub fn record(&self, d: Duration) {
+        self.cnt.fetch_add(1, Relaxed);
+        self.total_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+}
+
+/// How the instance that served a call was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Start {
+    /// A new sandbox was created and started for this call.
+    #[default]
+    Cold,
+    /// An idle, running instance was reused.
+    Warm,
+    /// A paused instance was resumed.
+    Unpaused,
+}
+
+impl Start {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Start::Cold => "cold",
+            Start::Warm => "warm",
+            Start::Unpaused => "unpaused",
+        }
+    }
+}
+
+/// The time one call spent at each level.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    pub queue: Duration,
+    pub create: Duration,
+    pub unpause: Duration,
+    pub run: Duration,
+    pub total: Duration,
+    pub start: Start,
+}
+
+impl Timing {
+    /// `x-ol-timing` value, milliseconds with microsecond precision:
+    /// `queue=0.004;create=0.000;unpause=0.000;run=0.182;total=0.240;start=warm`
+    pub fn header(&self) -> String {
+        let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
+        let mut s = String::with_capacity(96);
+        let _ = write!(
+            s,
+            "queue={:.3};create={:.3};unpause={:.3};run={:.3};total={:.3};start={}",
+            ms(self.queue),
+            ms(self.create),
+            ms(self.unpause),
+            ms(self.run),
+            ms(self.total),
+            self.start.as_str()
+        );
+        s
+    }
+}
+
+macro_rules! stats {
+    (timers: $($t:ident = $tn:literal),* ; counters: $($c:ident = $cn:literal),* $(,)?) => {
+        #[derive(Default)]
+        pub struct Stats {
+            $(pub $t: Timer,)*
+            $(pub $c: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// The flat JSON object of `/stats`, with `extra` gauges added.
+            pub fn to_json(&self, extra: &[(&str, u64)]) -> String {
+                let mut m = serde_json::Map::new();
+                $(
+                    let cnt = self.$t.cnt.load(Relaxed);
+                    let total = self.$t.total_us.load(Relaxed);
+                    m.insert(concat!($tn, ".cnt").into(), cnt.into());
+                    let avg = if cnt == 0 { 0.0 } else { total as f64 / cnt as f64 / 1000.0 };
+                    m.insert(concat!($tn, ".ms-avg").into(), ((avg * 1000.0).round() / 1000.0).into());
+                )*
+                $( m.insert($cn.into(), self.$c.load(Relaxed).into()); )*
+                for (k, v) in extra {
+                    m.insert((*k).into(), (*v).into());
+                }
+                serde_json::Value::Object(m).to_string()
+            }
+        }
+    };
+}
+
+stats! {
+    timers: queue = "queue", create = "sandbox-create", unpause = "sandbox-unpause",
+            run = "handler-run", total = "run";
+    counters: cold_starts = "starts.cold", warm_starts = "starts.warm",
+              unpaused_starts = "starts.unpaused", status_2xx = "status.2xx",
+              status_4xx = "status.4xx", status_5xx = "status.5xx",
+              queue_full = "rejected.queue-full", timeouts = "errors.timeout",
+              crashes = "errors.crash", load_errors = "errors.load",
+              pauses = "instances.paused-total", evictions = "instances.evicted-total",
+}
+
+impl Stats {
+    pub fn count_status(&self, status: u16) {
+        let c = match status {
+            200..=399 => &self.status_2xx,
+            400..=499 => &self.status_4xx,
+            _ => &self.status_5xx,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_start(&self, t: &Timing) {
+        let c = match t.start {
+            Start::Cold => &self.cold_starts,
+            Start::Warm => &self.warm_starts,
+            Start::Unpaused => &self.unpaused_starts,
+        };
+        c.fetch_add(1, Relaxed);
+        self.queue.record(t.queue);
+        if t.start == Start::Cold {
+            self.create.record(t.create);
+        }
+        if t.start == Start::Unpaused {
+            self.unpause.record(t.unpause);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_counts_and_averages() {
+        let s = Stats::default();
+        s.run.record(Duration::from_millis(2));
+        s.run.record(Duration::from_millis(4));
+        s.count_status(404);
+        let v: serde_json::Value =
+            serde_json::from_str(&s.to_json(&[("instances.live", 3)])).unwrap();
+        assert_eq!(v["handler-run.cnt"], 2);
+        assert_eq!(v["handler-run.ms-avg"], 3.0);
+        assert_eq!(v["status.4xx"], 1);
+        assert_eq!(v["instances.live"], 3);
+    }
+
+    #[test]
+    fn timing_header_is_parseable() {
+        let t = Timing {
+            run: Duration::from_micros(1500),
+            start: Start::Warm,
+            ..Default::default()
+        };
+        assert_eq!(
+            t.header(),
+            "queue=0.000;create=0.000;unpause=0.000;run=1.500;total=0.000;start=warm"
+        );
+    }
+}
