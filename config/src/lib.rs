@@ -103,3 +103,15 @@ mod tests {
         assert!(e.to_string().contains("unknown field"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_files {
+    use super::*;
+
+    #[test]
+    fn worker_example_parses_to_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/worker.example.toml"));
+        let c: WorkerConfig = load_toml(path).unwrap();
+        assert_eq!(c, WorkerConfig::default());
+    }
+}

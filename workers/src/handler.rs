@@ -96,6 +96,8 @@ struct Instance {
     limits: Limits,
     last_used: Instant,
     acct: Arc<Accounting>,
+    /// Set once its share is given back (on discard, before removal ends).
+    released: bool,
 }
 
 /// Live instances and the memory they reserve. An `Instance` gives its
@@ -118,9 +120,18 @@ impl Accounting {
     }
 }
 
+impl Instance {
+    fn release(&mut self) {
+        if !self.released {
+            self.released = true;
+            self.acct.sub(self.limits.memory_mb);
+        }
+    }
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
-        self.acct.sub(self.limits.memory_mb);
+        self.release();
     }
 }
 
@@ -351,6 +362,7 @@ impl HandlerSet {
                 limits,
                 last_used: Instant::now(),
                 acct: self.acct.clone(),
+                released: false,
             }),
             Err(e) => {
                 if matches!(e, SandboxError::Load { .. }) {
@@ -365,6 +377,7 @@ impl HandlerSet {
 
     /// Removes an instance in the background (the caller's reply need not wait).
     fn discard(&self, mut inst: Instance) {
+        inst.release();
         tokio::spawn(async move { inst.sandbox.remove().await });
     }
 

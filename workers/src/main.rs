@@ -10,6 +10,7 @@ use config::worker::SandboxKind;
 use config::WorkerConfig;
 use workers::handler::HandlerSet;
 use workers::registry::Registry;
+use workers::sandbox::docker::DockerManager;
 use workers::sandbox::process::ProcessManager;
 use workers::sandbox::SandboxManager;
 use workers::server::{self, App};
@@ -109,9 +110,7 @@ async fn run(cfg: WorkerConfig, grace: Duration) -> anyhow::Result<()> {
     )?);
     let manager: Arc<dyn SandboxManager> = match cfg.sandbox {
         SandboxKind::Process => Arc::new(ProcessManager::new(&cfg, registry.clone())?),
-        SandboxKind::Docker => anyhow::bail!(
-            "the docker sandbox is not available in this build; use --sandbox process"
-        ),
+        SandboxKind::Docker => Arc::new(DockerManager::new(&cfg, registry.clone()).await?),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

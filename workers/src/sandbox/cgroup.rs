@@ -105,6 +105,7 @@ impl Cgroups {
                     )
                 })?;
         }
+        remove_stale(&parent);
         let dir = parent.join(tag);
         fs::create_dir_all(&dir)
             .and_then(|()| enable(&dir))
@@ -183,10 +184,10 @@ impl Cgroups {
         Ok(cg)
     }
 
-    /// Removes the worker's parent cgroups (at exit; instances are gone).
+    /// Removes the worker's cgroups at exit, killing whatever is left in them.
     pub fn cleanup(&self) {
         for (_, d) in &self.parents {
-            let _ = fs::remove_dir(d);
+            remove_tree(d);
         }
     }
 }
@@ -296,6 +297,48 @@ impl InstanceCgroup {
                     Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
                 }
             }
+        }
+    }
+}
+
+/// Removes `ol-worker-<pid>` cgroups of workers that are no longer running.
+fn remove_stale(base: &Path) {
+    let Ok(rd) = fs::read_dir(base) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("ol-worker-")
+            .and_then(|p| p.split('-').next());
+        if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                tracing::info!(cgroup = %e.path().display(), "removing a dead worker's cgroup");
+                remove_tree(&e.path());
+            }
+        }
+    }
+}
+
+/// Kills the processes of a cgroup and its children, then removes them.
+fn remove_tree(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::write(dir.join("freezer.state"), "THAWED");
+    let _ = fs::write(dir.join("cgroup.freeze"), "0");
+    for _ in 0..50 {
+        if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in s.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        match fs::remove_dir(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Ok(()) => return,
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
 }

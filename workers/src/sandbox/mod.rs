@@ -6,6 +6,7 @@
 //! Python process per instance, with cgroups or rlimits).
 
 pub mod cgroup;
+pub mod docker;
 pub mod process;
 pub mod rpc;
 

@@ -67,6 +67,9 @@ impl ProcessManager {
             );
         }
         let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            check_traversable(work)?;
+        }
         let (cgroups, cgroup_note) = if root {
             match Cgroups::detect() {
                 Ok(c) => {
@@ -96,6 +99,27 @@ impl ProcessManager {
             next_id: AtomicU64::new(1),
         })
     }
+}
+
+/// Sandbox uids must reach their code through every ancestor of the work
+/// dir; say so at start rather than fail every call.
+fn check_traversable(work: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let abs = work.canonicalize()?;
+    for dir in abs.ancestors().skip(1) {
+        let mode = fs::metadata(dir)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            anyhow::bail!(
+                "work dir {}: {} has mode {:o}, so sandbox users cannot reach their code; \
+                 choose another --work-dir or run `chmod o+x {}`",
+                work.display(),
+                dir.display(),
+                mode & 0o777,
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]

@@ -1,0 +1,820 @@
+//! The Docker backend: each instance is a container of the ol-edge runtime
+//! image (`workers/image/build.sh`), driven through the Docker Engine API
+//! (bollard), never the `docker` CLI.
+//!
+//! Why containers beside processes: a handler gets its own root filesystem,
+//! PID, IPC, UTS and network namespaces, so it sees neither the worker's
+//! files nor its network, which a process sandbox cannot promise.
+//!
+//! Each container runs with a read-only root filesystem, its function's
+//! code mounted read-only at `/code`, a private writable directory mounted
+//! at `/run/ol` (scratch space, `HOME`, `TMPDIR`, and the runtime's unix
+//! socket, which the worker reaches through the same directory on the
+//! host), a small `/tmp` tmpfs, no network (`none`) unless its `ol.yaml`
+//! says `network: egress` (then a bridge that the firewall keeps away from
+//! the host and private ranges, see `egress`), memory, pids and CPU limits
+//! from `Limits`, every capability dropped, `no-new-privileges`, and a
+//! non-root user: one uid per live instance from `sandbox_user` when the
+//! worker runs as root (the worker's own uid otherwise).
+//!
+//! Start-up: the worker attaches to the container's output before starting
+//! it and waits for the runtime's `ready` (or `error <why>`) line on
+//! stdout; stderr (the handler's prints and tracebacks) is kept in memory
+//! for `logs`. Pause is Docker's pause (the cgroup freezer).
+//!
+//! Every container carries the label `ol-edge.worker=<work dir>`: the
+//! worker removes leftovers with its label at start and all of its own at
+//! shutdown. If the worker is killed outright, running containers exit by
+//! themselves (the runtime ends when its connection to the worker closes);
+//! paused ones stay until the next start with the same work dir.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountTypeEnum,
+    NetworkCreateRequest,
+};
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions,
+    KillContainerOptions, ListContainersOptions, RemoveContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::{oneshot, OnceCell};
+
+use super::{Limits, Sandbox, SandboxError, SandboxManager, SandboxState};
+use crate::fsutil;
+use crate::registry::{CodeVersion, Registry, RegistryError};
+use config::function::Network;
+
+/// The image build script; its text is part of the image tag.
+pub const BUILD_SH: &str = include_str!("../../image/build.sh");
+
+/// Label naming the worker that owns a container.
+pub const WORKER_LABEL: &str = "ol-edge.worker";
+
+/// Where things live inside the container (see `workers/image/build.sh`).
+const RUNTIME_IN_IMAGE: &str = "/opt/ol-edge/ol_runtime.py";
+const CODE_IN_CONTAINER: &str = "/code";
+const SCRATCH_IN_CONTAINER: &str = "/run/ol";
+
+/// Bytes of stderr kept per instance for `logs`.
+const LOG_KEEP: usize = 64 * 1024;
+
+/// Destinations an egress container may never reach (forwarded traffic);
+/// traffic to the host itself is dropped whatever its address.
+const PRIVATE_RANGES: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "224.0.0.0/4",
+];
+
+/// The tag `workers/image/build.sh` gives the image for this worker's
+/// runtime: `ol-edge/runtime:<12 hex of sha256(ol_runtime.py, build.sh)>`.
+pub fn default_image() -> String {
+    let mut h = Sha256::new();
+    h.update(super::process::RUNTIME_PY.as_bytes());
+    h.update(BUILD_SH.as_bytes());
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("ol-edge/runtime:{}", &hex[..12])
+}
+
+/// One line out of a bollard error (the engine's message when it sent one).
+fn one_line(e: &bollard::errors::Error) -> String {
+    let s = match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// Connects to the local engine (`DOCKER_HOST=unix://...` or the default
+/// socket) and checks that it answers. Errors are one line.
+pub async fn connect() -> anyhow::Result<Docker> {
+    if let Ok(h) = std::env::var("DOCKER_HOST") {
+        if !h.is_empty() && !h.starts_with("unix://") {
+            anyhow::bail!(
+                "DOCKER_HOST={h} is not a unix:// socket: the docker sandbox shares directories and sockets with its containers, so the engine must run on this host"
+            );
+        }
+    }
+    let docker = Docker::connect_with_unix_defaults().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the Docker engine: {}; start it (e.g. `dockerd &`) or use --sandbox process",
+            one_line(&e)
+        )
+    })?;
+    let docker = match tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+        .await
+    {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => anyhow::bail!(
+            "cannot reach the Docker engine: {}; start it (e.g. `dockerd &`) or use --sandbox process",
+            one_line(&e)
+        ),
+        Err(_) => anyhow::bail!(
+            "the Docker engine did not answer within 10 s; check that dockerd is running or use --sandbox process"
+        ),
+    };
+    Ok(docker)
+}
+
+pub struct DockerManager {
+    docker: Docker,
+    registry: Arc<Registry>,
+    image: String,
+    engine: String,
+    /// Value of `ol-edge.worker` on this worker's containers.
+    label: String,
+    /// Prefix of container names, unique per worker.
+    prefix: String,
+    instances_dir: PathBuf,
+    /// Free sandbox uids when root; else every container runs as `own`.
+    uids: Option<Arc<Mutex<Vec<u32>>>>,
+    own: (u32, u32),
+    next_id: AtomicU64,
+    start_timeout: Duration,
+    egress_network: String,
+    egress_bridge: String,
+    /// Set up once, when the first egress function starts.
+    egress: OnceCell<Result<(), String>>,
+}
+
+impl DockerManager {
+    /// Connects to the engine, checks the image, removes containers a
+    /// previous run of this worker left behind.
+    pub async fn new(cfg: &config::WorkerConfig, registry: Arc<Registry>) -> anyhow::Result<Self> {
+        let docker = connect().await?;
+        let image = if cfg.docker.image.is_empty() {
+            default_image()
+        } else {
+            cfg.docker.image.clone()
+        };
+        match docker.inspect_image(&image).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => anyhow::bail!(
+                "docker image {image} not found: build it with workers/image/build.sh (as root, needs debootstrap)"
+            ),
+            Err(e) => anyhow::bail!("cannot inspect docker image {image}: {}", one_line(&e)),
+        }
+        let engine = docker
+            .version()
+            .await
+            .ok()
+            .and_then(|v| v.version)
+            .unwrap_or_else(|| "?".into());
+
+        let work = cfg.work_dir();
+        let instances_dir = work.join("instances");
+        fs::create_dir_all(&instances_dir)?;
+        fsutil::set_mode(&work, 0o711)?;
+        fsutil::set_mode(&instances_dir, 0o711)?;
+        if work.join("code").exists() {
+            fsutil::set_mode(&work.join("code"), 0o755)?;
+        }
+        let work = fs::canonicalize(&work)?;
+        let label = work.display().to_string();
+        let prefix = {
+            let h = Sha256::digest(label.as_bytes());
+            format!("ol-edge-{:02x}{:02x}{:02x}", h[0], h[1], h[2])
+        };
+        let root = unsafe { libc::geteuid() } == 0;
+        let uids = root.then(|| {
+            let u = cfg.sandbox_user;
+            Arc::new(Mutex::new(
+                (u.uid_base..u.uid_base + u.uid_count).rev().collect(),
+            ))
+        });
+        let own = unsafe { (libc::geteuid(), libc::getegid()) };
+        let m = DockerManager {
+            docker,
+            registry,
+            image,
+            engine,
+            label,
+            prefix,
+            instances_dir,
+            uids,
+            own,
+            next_id: AtomicU64::new(1),
+            start_timeout: Duration::from_millis(cfg.docker.start_timeout_ms),
+            egress_network: cfg.docker.egress_network.clone(),
+            egress_bridge: cfg.docker.egress_bridge.clone(),
+            egress: OnceCell::new(),
+        };
+        let left = m.remove_labelled().await?;
+        if left > 0 {
+            tracing::info!(
+                containers = left,
+                "removed containers left by a previous run"
+            );
+        }
+        Ok(m)
+    }
+
+    /// Removes every container carrying this worker's label; returns how many.
+    async fn remove_labelled(&self) -> anyhow::Result<usize> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{WORKER_LABEL}={}", self.label)],
+        )]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot list containers: {}", one_line(&e)))?;
+        let removals = list.iter().filter_map(|c| c.id.clone()).map(|id| {
+            let docker = self.docker.clone();
+            async move { remove_container(&docker, &id).await }
+        });
+        let n = list.len();
+        futures_util::future::join_all(removals).await;
+        Ok(n)
+    }
+
+    /// Creates the egress network and its firewall rules (once per worker;
+    /// idempotent across workers).
+    async fn ensure_egress(&self) -> Result<(), SandboxError> {
+        let r = self
+            .egress
+            .get_or_init(|| async {
+                self.setup_egress()
+                    .await
+                    .map_err(|e| format!("egress network {}: {e}", self.egress_network))
+            })
+            .await;
+        r.clone().map_err(SandboxError::Setup)
+    }
+
+    async fn setup_egress(&self) -> Result<(), String> {
+        // Firewall first: no container may use the bridge before its rules.
+        let bridge = &self.egress_bridge;
+        let mut rules: Vec<Vec<String>> = vec![
+            // Nothing from the bridge to the host itself (any of its
+            // addresses, so neither the worker nor the proxy).
+            vec![
+                "INPUT".into(),
+                "-i".into(),
+                bridge.clone(),
+                "-j".into(),
+                "DROP".into(),
+            ],
+        ];
+        let forward_chain = if iptables(&["-n", "-L", "DOCKER-USER"]).await.is_ok() {
+            "DOCKER-USER"
+        } else {
+            "FORWARD"
+        };
+        for net in PRIVATE_RANGES {
+            rules.push(vec![
+                forward_chain.into(),
+                "-i".into(),
+                bridge.clone(),
+                "-d".into(),
+                net.to_string(),
+                "-j".into(),
+                "DROP".into(),
+            ]);
+        }
+        for rule in &rules {
+            let spec: Vec<&str> = rule.iter().map(String::as_str).collect();
+            let mut check = vec!["-C"];
+            check.extend(&spec);
+            if iptables(&check).await.is_err() {
+                let mut insert = vec!["-I"];
+                insert.extend(&spec);
+                iptables(&insert).await?;
+            }
+        }
+        match self
+            .docker
+            .inspect_network(&self.egress_network, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(n) => {
+                let opts = n.options.unwrap_or_default();
+                let name = opts.get("com.docker.network.bridge.name");
+                let icc = opts.get("com.docker.network.bridge.enable_icc");
+                if name != Some(bridge) || icc.map(String::as_str) != Some("false") {
+                    return Err(format!(
+                        "exists but is not the bridge {bridge} with inter-container traffic disabled; remove it (docker network rm {})",
+                        self.egress_network
+                    ));
+                }
+                Ok(())
+            }
+            Err(e) if is_not_found(&e) => {
+                let req = NetworkCreateRequest {
+                    name: self.egress_network.clone(),
+                    driver: Some("bridge".into()),
+                    options: Some(HashMap::from([
+                        ("com.docker.network.bridge.name".into(), bridge.clone()),
+                        (
+                            "com.docker.network.bridge.enable_icc".into(),
+                            "false".into(),
+                        ),
+                    ])),
+                    labels: Some(HashMap::from([("ol-edge.egress".into(), "1".into())])),
+                    ..Default::default()
+                };
+                match self.docker.create_network(req).await {
+                    Ok(_) => Ok(()),
+                    // Another worker created it meanwhile.
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 409,
+                        ..
+                    }) => Ok(()),
+                    Err(e) => Err(one_line(&e)),
+                }
+            }
+            Err(e) => Err(one_line(&e)),
+        }
+    }
+}
+
+/// Runs `iptables ARGS` (waiting for the xtables lock); the error is one line.
+async fn iptables(args: &[&str]) -> Result<(), String> {
+    let out = tokio::process::Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run iptables: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Force-removes a container (killing it if it runs); a missing one is fine.
+async fn remove_container(docker: &Docker, id: &str) {
+    let opts = RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    if let Err(e) = docker.remove_container(id, Some(opts)).await {
+        if !is_not_found(&e) {
+            tracing::warn!(container = id, error = %one_line(&e), "cannot remove container");
+        }
+    }
+}
+
+#[async_trait]
+impl SandboxManager for DockerManager {
+    async fn create(
+        &self,
+        code: &Arc<CodeVersion>,
+        limits: Limits,
+    ) -> Result<Box<dyn Sandbox>, SandboxError> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", code.name);
+        let network = match code.config.network {
+            Network::None => "none".to_string(),
+            Network::Egress => {
+                self.ensure_egress().await?;
+                self.egress_network.clone()
+            }
+        };
+        let uid = match &self.uids {
+            Some(pool) => Some(
+                pool.lock()
+                    .unwrap()
+                    .pop()
+                    .ok_or_else(|| SandboxError::Setup("no free sandbox uid".into()))?,
+            ),
+            None => None,
+        };
+        let (user_uid, user_gid) = uid.map(|u| (u, u)).unwrap_or(self.own);
+        let dir = self.instances_dir.join(&id);
+        let mut sb = DockerSandbox {
+            docker: self.docker.clone(),
+            id: id.clone(),
+            name: code.name.clone(),
+            container: String::new(),
+            socket: dir.join("rt.sock"),
+            dir,
+            limits,
+            start_timeout: self.start_timeout,
+            uid,
+            uid_pool: self.uids.clone(),
+            log: Arc::new(Mutex::new(Vec::new())),
+            state: SandboxState::Created,
+        };
+        let setup = || -> std::io::Result<()> {
+            fs::create_dir_all(&sb.dir)?;
+            fsutil::set_mode(&sb.dir, 0o700)?;
+            if uid.is_some() {
+                fsutil::chown(&sb.dir, user_uid, user_gid)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = setup() {
+            let msg = format!("instance dir {}: {e}", sb.dir.display());
+            sb.remove().await;
+            return Err(SandboxError::Setup(msg));
+        }
+
+        let mut env = vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
+            format!("HOME={SCRATCH_IN_CONTAINER}"),
+            format!("TMPDIR={SCRATCH_IN_CONTAINER}"),
+            "PYTHONDONTWRITEBYTECODE=1".into(),
+            "LANG=C.UTF-8".into(),
+        ];
+        env.extend(
+            code.config
+                .environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}")),
+        );
+        let mem = (limits.memory_mb * 1024 * 1024) as i64;
+        let bind = |src: &Path, dst: &str, ro: bool| Mount {
+            source: Some(src.display().to_string()),
+            target: Some(dst.to_string()),
+            typ: Some(MountTypeEnum::BIND),
+            read_only: Some(ro),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(self.image.clone()),
+            user: Some(format!("{user_uid}:{user_gid}")),
+            cmd: Some(vec![
+                "/usr/bin/python3".into(),
+                "-I".into(),
+                "-S".into(),
+                RUNTIME_IN_IMAGE.into(),
+                "--code".into(),
+                CODE_IN_CONTAINER.into(),
+                "--socket".into(),
+                format!("{SCRATCH_IN_CONTAINER}/rt.sock"),
+                "--name".into(),
+                code.name.clone(),
+            ]),
+            entrypoint: Some(vec![]),
+            env: Some(env),
+            working_dir: Some(SCRATCH_IN_CONTAINER.into()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            attach_stdin: Some(false),
+            open_stdin: Some(false),
+            tty: Some(false),
+            labels: Some(HashMap::from([
+                (WORKER_LABEL.to_string(), self.label.clone()),
+                ("ol-edge.function".to_string(), code.name.clone()),
+            ])),
+            host_config: Some(HostConfig {
+                mounts: Some(vec![
+                    bind(&code.dir, CODE_IN_CONTAINER, true),
+                    bind(&sb.dir, SCRATCH_IN_CONTAINER, false),
+                ]),
+                tmpfs: Some(HashMap::from([(
+                    "/tmp".to_string(),
+                    "rw,nosuid,nodev,noexec,size=16m,mode=1777".to_string(),
+                )])),
+                readonly_rootfs: Some(true),
+                network_mode: Some(network),
+                memory: Some(mem),
+                memory_swap: Some(mem),
+                pids_limit: Some(limits.procs as i64),
+                nano_cpus: Some(limits.cpu_percent as i64 * 10_000_000),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                privileged: Some(false),
+                ipc_mode: Some("private".into()),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("none".into()),
+                    config: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let name = format!("{}-{id}", self.prefix);
+        let opts = CreateContainerOptions {
+            name: Some(name),
+            ..Default::default()
+        };
+        match self.docker.create_container(Some(opts), body).await {
+            Ok(r) => {
+                sb.container = r.id;
+                Ok(Box::new(sb))
+            }
+            Err(e) => {
+                sb.remove().await;
+                Err(SandboxError::Setup(format!(
+                    "cannot create a container for {}: {}",
+                    code.name,
+                    one_line(&e)
+                )))
+            }
+        }
+    }
+
+    async fn pull(&self, name: &str) -> Result<Arc<CodeVersion>, RegistryError> {
+        self.registry.resolve(name).await
+    }
+
+    fn describe(&self) -> String {
+        let users = if self.uids.is_some() {
+            "one unprivileged uid per instance"
+        } else {
+            "the worker's own uid"
+        };
+        format!(
+            "docker sandboxes (engine {}, image {}): read-only root and code, no network unless ol.yaml asks for egress, all capabilities dropped, no-new-privileges, handlers run as {users}",
+            self.engine, self.image
+        )
+    }
+
+    async fn shutdown(&self) {
+        match self.remove_labelled().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(containers = n, "removed remaining containers"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove containers at shutdown"),
+        }
+    }
+}
+
+pub struct DockerSandbox {
+    docker: Docker,
+    id: String,
+    name: String,
+    /// The engine's container id (empty until created).
+    container: String,
+    dir: PathBuf,
+    socket: PathBuf,
+    limits: Limits,
+    start_timeout: Duration,
+    uid: Option<u32>,
+    uid_pool: Option<Arc<Mutex<Vec<u32>>>>,
+    /// The tail of the runtime's stderr.
+    log: Arc<Mutex<Vec<u8>>>,
+    state: SandboxState,
+}
+
+impl DockerSandbox {
+    /// Attaches to stdout/stderr: the first stdout line goes to the returned
+    /// channel (`None`: output ended first), stderr to `self.log`.
+    async fn attach(&self) -> Result<oneshot::Receiver<Option<String>>, SandboxError> {
+        let opts = AttachContainerOptions {
+            stream: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let attached = self
+            .docker
+            .attach_container(&self.container, Some(opts))
+            .await
+            .map_err(|e| {
+                SandboxError::Setup(format!("cannot attach to {}: {}", self.id, one_line(&e)))
+            })?;
+        let (tx, rx) = oneshot::channel();
+        let log = self.log.clone();
+        let mut output = attached.output;
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut stdout = Vec::new();
+            while let Some(Ok(item)) = output.next().await {
+                match item {
+                    bollard::container::LogOutput::StdOut { message } => {
+                        if tx.is_some() {
+                            stdout.extend_from_slice(&message);
+                            if let Some(i) = stdout.iter().position(|&b| b == b'\n') {
+                                let line = String::from_utf8_lossy(&stdout[..=i]).into_owned();
+                                let _ = tx.take().unwrap().send(Some(line));
+                            }
+                        }
+                    }
+                    bollard::container::LogOutput::StdErr { message } => {
+                        let mut log = log.lock().unwrap();
+                        log.extend_from_slice(&message);
+                        if log.len() > LOG_KEEP * 2 {
+                            let cut = log.len() - LOG_KEEP;
+                            log.drain(..cut);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(tx) = tx {
+                let _ = tx.send(None);
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Waits (up to `limit`) until the container is no longer running.
+    async fn wait_exit(&self, limit: Duration) {
+        let mut wait = self.docker.wait_container(
+            &self.container,
+            Some(WaitContainerOptions {
+                condition: "not-running".into(),
+            }),
+        );
+        let _ = tokio::time::timeout(limit, wait.next()).await;
+    }
+
+    fn give_back_uid(&mut self) {
+        if let (Some(uid), Some(pool)) = (self.uid.take(), &self.uid_pool) {
+            pool.lock().unwrap().push(uid);
+        }
+    }
+}
+
+#[async_trait]
+impl Sandbox for DockerSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn state(&self) -> SandboxState {
+        self.state
+    }
+
+    fn address(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn start(&mut self) -> Result<(), SandboxError> {
+        let ready = self.attach().await?;
+        self.docker
+            .start_container(
+                &self.container,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(|e| {
+                SandboxError::Setup(format!(
+                    "cannot start the container of {}: {}",
+                    self.name,
+                    one_line(&e)
+                ))
+            })?;
+        self.state = SandboxState::Running;
+        match tokio::time::timeout(self.start_timeout, ready).await {
+            Ok(Ok(Some(line))) if line == "ready\n" => Ok(()),
+            Ok(Ok(Some(line))) if line.starts_with("error ") => {
+                let reason = line["error ".len()..].trim().to_string();
+                // The traceback may still be on its way.
+                self.wait_exit(Duration::from_millis(500)).await;
+                let log = self.logs(4096);
+                self.stop().await;
+                Err(SandboxError::Load {
+                    name: self.name.clone(),
+                    reason,
+                    log,
+                })
+            }
+            Ok(_) => {
+                let why = self.exit_reason().await;
+                Err(SandboxError::Crashed(format!(
+                    "runtime of {} died at start: {why}",
+                    self.name
+                )))
+            }
+            Err(_) => {
+                self.stop().await;
+                Err(SandboxError::Crashed(format!(
+                    "runtime of {} did not start within {} ms",
+                    self.name,
+                    self.start_timeout.as_millis()
+                )))
+            }
+        }
+    }
+
+    async fn pause(&mut self) -> Result<(), SandboxError> {
+        self.docker
+            .pause_container(&self.container)
+            .await
+            .map_err(|e| SandboxError::Setup(format!("pause {}: {}", self.id, one_line(&e))))?;
+        self.state = SandboxState::Paused;
+        Ok(())
+    }
+
+    async fn unpause(&mut self) -> Result<(), SandboxError> {
+        self.docker
+            .unpause_container(&self.container)
+            .await
+            .map_err(|e| SandboxError::Setup(format!("unpause {}: {}", self.id, one_line(&e))))?;
+        self.state = SandboxState::Running;
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        if !self.container.is_empty() {
+            let opts = KillContainerOptions {
+                signal: "SIGKILL".into(),
+            };
+            if self.state == SandboxState::Paused {
+                // A frozen container gets the signal once thawed.
+                let _ = self.docker.unpause_container(&self.container).await;
+            }
+            let _ = self
+                .docker
+                .kill_container(&self.container, Some(opts))
+                .await;
+        }
+        self.state = SandboxState::Stopped;
+    }
+
+    async fn remove(&mut self) {
+        if !self.container.is_empty() {
+            remove_container(&self.docker, &self.container).await;
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+        self.give_back_uid();
+        self.state = SandboxState::Removed;
+    }
+
+    fn logs(&self, max_bytes: usize) -> String {
+        let data = self.log.lock().unwrap();
+        let start = data.len().saturating_sub(max_bytes);
+        String::from_utf8_lossy(&data[start..]).into_owned()
+    }
+
+    async fn exit_reason(&mut self) -> String {
+        if self.container.is_empty() {
+            return "runtime stopped answering".into();
+        }
+        // The socket closes as the process dies; the engine notes the exit
+        // a moment later.
+        self.wait_exit(Duration::from_secs(1)).await;
+        let info = match self
+            .docker
+            .inspect_container(&self.container, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(i) => i,
+            Err(e) => return format!("container gone ({})", one_line(&e)),
+        };
+        let Some(st) = info.state else {
+            return "runtime stopped answering".into();
+        };
+        if st.oom_killed == Some(true) {
+            return format!(
+                "killed by its memory limit of {} MiB",
+                self.limits.memory_mb
+            );
+        }
+        if st.running == Some(true) {
+            return "runtime stopped answering".into();
+        }
+        match st.exit_code.unwrap_or(-1) {
+            137 => "killed (SIGKILL)".into(),
+            c if c > 128 => format!("killed by signal {}", c - 128),
+            c => format!("runtime exited with status {c}"),
+        }
+    }
+}
+
+impl Drop for DockerSandbox {
+    /// A sandbox dropped without `remove` (a cancelled call) must not leave
+    /// its container behind.
+    fn drop(&mut self) {
+        if self.state == SandboxState::Removed {
+            return;
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+        self.give_back_uid();
+        if !self.container.is_empty() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let docker = self.docker.clone();
+                let id = std::mem::take(&mut self.container);
+                rt.spawn(async move { remove_container(&docker, &id).await });
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! What only the process backend promises: unprivileged per-instance users,
+//! no access to the worker's files or other instances, clean shutdown,
+//! and a clear refusal of a bad config.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{is_root, Options, Worker};
+
+const SNOOP: &str = r#"
+import os
+
+def f(event):
+    out = {"uid": os.getuid()}
+    for what, path in event["paths"].items():
+        try:
+            if os.path.isdir(path):
+                os.listdir(path)
+            else:
+                open(path).read()
+            out[what] = "read"
+        except OSError as e:
+            out[what] = type(e).__name__
+    try:
+        open(os.path.join(event["paths"]["code"], "planted"), "w").write("x")
+        out["write_code"] = "wrote"
+    except OSError as e:
+        out["write_code"] = type(e).__name__
+    return out
+"#;
+
+#[test]
+fn handlers_cannot_read_the_worker_or_each_other() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED: handlers_cannot_read_the_worker_or_each_other needs root (per-instance uids)"
+        );
+        return;
+    }
+    let w = Worker::start(Options::default());
+    std::fs::create_dir_all(w.registry.join("snoop")).unwrap();
+    std::fs::write(w.registry.join("snoop/f.py"), SNOOP).unwrap();
+    // Another function's instance, kept busy so its scratch dir exists.
+    let url = w.url("/run/sleep");
+    let busy =
+        std::thread::spawn(move || common::request("POST", &url, Some(br#"{"ms": 1500}"#), &[]));
+    std::thread::sleep(Duration::from_millis(500));
+    let instances = w.work_dir.join("instances");
+    let other = std::fs::read_dir(&instances)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("sleep-")
+        })
+        .expect("sleep instance dir");
+    let paths = serde_json::json!({
+        "work_dir": w.work_dir,
+        "logs": w.work_dir.join("logs"),
+        "other_scratch": other,
+        "code": w.work_dir.join("code"),
+    });
+    let r = w.post(
+        "/run/snoop",
+        serde_json::json!({ "paths": paths }).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert!(v["uid"].as_u64().unwrap() >= 200_000, "{v}");
+    for what in ["work_dir", "logs", "other_scratch"] {
+        assert_eq!(v[what], "PermissionError", "{what}: {v}");
+    }
+    assert_eq!(v["write_code"], "PermissionError", "{v}");
+    busy.join().unwrap().unwrap();
+}
+
+#[test]
+fn sigterm_removes_every_instance() {
+    let mut w = Worker::start(Options::default());
+    for f in ["hello", "echo", "sleep"] {
+        assert_eq!(w.post(&format!("/run/{f}"), b"{}").status, 200);
+    }
+    let marker = w.work_dir.join("ol_runtime.py").display().to_string();
+    let running = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(running(), 3, "three runtimes before stop");
+    let status = w.stop();
+    assert!(status.success(), "{status:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(running(), 0, "runtimes left after SIGTERM");
+    if is_root() && std::path::Path::new("/sys/fs/cgroup/memory").exists() {
+        let tag = format!("ol-worker-{}", w.child.id());
+        let out = std::process::Command::new("find")
+            .args(["/sys/fs/cgroup", "-maxdepth", "4", "-name", &tag])
+            .output()
+            .unwrap();
+        assert!(
+            out.stdout.is_empty(),
+            "cgroups left: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn invalid_config_is_refused_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "registry_cache_ms = 10\n\n[instances]\nmax_per_function = 0\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ol-worker"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:4: instances.max_per_function: must be greater than 0",
+            cfg.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn unreachable_work_dir_is_refused_at_start() {
+    if !is_root() {
+        eprintln!("SKIPPED: unreachable_work_dir_is_refused_at_start needs root (sandbox uids)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ol-worker"))
+        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .arg("--work-dir")
+        .arg(private.join("work"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sandbox users cannot reach their code"),
+        "{err}"
+    );
+}
