@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Docker image that ol-worker's `--sandbox docker` runs functions
-# in: a minimal Debian root filesystem with python3 and the ol-edge runtime
+# in: a minimal Debian root filesystem with python3 (its full standard
+# library, with OpenSSL for ssl/hashlib) and the ol-edge runtime
 # (workers/runtime/ol_runtime.py at /opt/ol-edge/ol_runtime.py). No
 # registry is involved: debootstrap from this machine's own Debian mirror,
 # strip what a Python runtime does not need, `docker import`.
@@ -64,7 +65,7 @@ work=$(mktemp -d /var/tmp/ol-edge-image.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 root=$work/rootfs
 echo "build.sh: debootstrap $suite from $mirror" >&2
-debootstrap --variant=minbase --include=python3-minimal --keyring="$keyring" \
+debootstrap --variant=minbase --include=python3-minimal,libpython3-stdlib,libssl3 --keyring="$keyring" \
   "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
   tail -20 "$work/debootstrap.log" >&2
   echo "build.sh: debootstrap failed (log above)" >&2
@@ -95,7 +96,7 @@ chmod 1777 "$root/tmp"
 install -m 0644 "$runtime" "$root/opt/ol-edge/ol_runtime.py"
 
 # The image must still run the runtime's imports as an unprivileged user.
-chroot "$root" /usr/bin/python3 -I -S -c 'import json, socket, struct, io, os, traceback, importlib.util, time' || {
+chroot "$root" /usr/bin/python3 -I -S -c 'import json, socket, struct, io, os, traceback, importlib.util, time, hashlib, ssl, sqlite3' || {
   echo "build.sh: the stripped image cannot import the runtime's modules" >&2
   exit 1
 }

@@ -14,8 +14,28 @@ fn sandbox() -> String {
     std::env::var("OL_TEST_SANDBOX").unwrap_or_else(|_| "process".into())
 }
 
+/// With `OL_TEST_SANDBOX=docker`: builds the runtime image with the repo's
+/// script unless it exists (asking for Docker without an engine fails).
+fn docker_image() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let script = common::repo_root().join("workers/image/build.sh");
+        let status = std::process::Command::new(&script)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run workers/image/build.sh");
+        assert!(
+            status.success(),
+            "OL_TEST_SANDBOX=docker: workers/image/build.sh failed (is a Docker engine running?)"
+        );
+    });
+}
+
 fn start(toml: &str) -> Worker {
     let sb = sandbox();
+    if sb == "docker" {
+        docker_image();
+    }
     Worker::start(Options {
         toml,
         sandbox: &sb,

@@ -152,6 +152,8 @@ fn unreachable_work_dir_is_refused_at_start() {
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ol-worker"))
         .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .arg("--registry")
+        .arg(common::repo_root().join("examples/functions"))
         .arg("--work-dir")
         .arg(private.join("work"))
         .output()
