@@ -25,6 +25,81 @@ pub struct FunctionConfig {
     /// Environment variables the handler sees.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub environment: BTreeMap<String, String>,
+    /// Network access of the function's instances: `none` (the default)
+    /// or `egress` (outbound only, never to the worker, the proxy or the
+    /// host's private ranges). Enforced by the Docker sandbox; see
+    /// workers/DOCKER.md.
+    #[serde(default, skip_serializing_if = "Network::is_none")]
+    pub network: Network,
+    /// Binds the function to a gRPC service defined by `.proto` files in
+    /// its directory; the worker serves that service on its h2c port
+    /// (workers/GRPC.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcBinding>,
+}
+
+/// `grpc: {service: helloworld.Greeter, protos: [greeter.proto]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcBinding {
+    /// The service's full name, `<package>.<Service>`.
+    pub service: String,
+    /// The `.proto` files that define it (and its messages), relative to
+    /// the function directory; imports are resolved from there too.
+    pub protos: Vec<String>,
+}
+
+impl GrpcBinding {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let ident = |s: &str| {
+            s.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        if !self.service.split('.').all(ident) {
+            return Err(Invalid::new(
+                "grpc.service",
+                format!(
+                    "{:?} is not a service name like helloworld.Greeter",
+                    self.service
+                ),
+            ));
+        }
+        if self.protos.is_empty() {
+            return Err(Invalid::new(
+                "grpc.protos",
+                "list at least one .proto file of the function directory",
+            ));
+        }
+        for p in &self.protos {
+            let plain = std::path::Path::new(p)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain || !p.ends_with(".proto") {
+                return Err(Invalid::new(
+                    "grpc.protos",
+                    format!("{p:?} must be a relative path to a .proto file inside the function directory"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What network a function's instances get.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    #[default]
+    None,
+    Egress,
+}
+
+impl Network {
+    pub fn is_none(&self) -> bool {
+        *self == Network::None
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -93,6 +168,9 @@ impl FunctionConfig {
                 return Err(Invalid::new(field, "must be greater than 0"));
             }
         }
+        if let Some(g) = &self.grpc {
+            g.validate()?;
+        }
         for k in self.environment.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(Invalid::new(
@@ -145,5 +223,43 @@ mod tests {
         assert!(e.contains("FETCH"), "{e}");
         let e = FunctionConfig::from_yaml("limits:\n  memory_mb: 0\n").unwrap_err();
         assert!(e.contains("limits.memory_mb"), "{e}");
+        let e = FunctionConfig::from_yaml("network: everywhere\n").unwrap_err();
+        assert!(e.contains("network"), "{e}");
+    }
+
+    #[test]
+    fn grpc_binding_is_checked() {
+        let c = FunctionConfig::from_yaml(
+            "grpc:\n  service: helloworld.Greeter\n  protos: [greeter.proto]\n",
+        )
+        .unwrap();
+        let g = c.grpc.unwrap();
+        assert_eq!(g.service, "helloworld.Greeter");
+        assert_eq!(g.protos, vec!["greeter.proto"]);
+        for (yaml, field) in [
+            ("grpc: {service: 'a b', protos: [x.proto]}", "grpc.service"),
+            ("grpc: {service: a.B, protos: []}", "grpc.protos"),
+            ("grpc: {service: a.B, protos: [../x.proto]}", "grpc.protos"),
+            (
+                "grpc: {service: a.B, protos: [/etc/x.proto]}",
+                "grpc.protos",
+            ),
+            ("grpc: {service: a.B, protos: [x.txt]}", "grpc.protos"),
+        ] {
+            let e = FunctionConfig::from_yaml(yaml).unwrap_err();
+            assert!(e.contains(field), "{yaml}: {e}");
+        }
+        let e = FunctionConfig::from_yaml("grpc: {service: a.B}").unwrap_err();
+        assert!(e.contains("protos"), "{e}");
+    }
+
+    #[test]
+    fn network_defaults_to_none() {
+        assert_eq!(
+            FunctionConfig::from_yaml("").unwrap().network,
+            Network::None
+        );
+        let c = FunctionConfig::from_yaml("network: egress\n").unwrap();
+        assert_eq!(c.network, Network::Egress);
     }
 }

@@ -34,6 +34,8 @@ pub struct WorkerConfig {
     pub instances: InstancesConfig,
     pub limits: LimitsConfig,
     pub sandbox_user: SandboxUserConfig,
+    /// The Docker backend (`sandbox = "docker"`); ignored by `process`.
+    pub docker: DockerConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +93,34 @@ pub struct SandboxUserConfig {
     pub uid_count: u32,
 }
 
+/// The Docker sandbox: one container per instance (see workers/DOCKER.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Image to run. Empty: `ol-edge/runtime:<hash>` of the runtime this
+    /// worker embeds, as built by `workers/image/build.sh`.
+    pub image: String,
+    /// Docker network for functions whose `ol.yaml` asks for
+    /// `network: egress` (created when first needed).
+    pub egress_network: String,
+    /// Linux name of that network's bridge, used by its firewall rules
+    /// (at most 15 characters).
+    pub egress_bridge: String,
+    /// How long a container may take to start and load its function.
+    pub start_timeout_ms: u64,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            image: String::new(),
+            egress_network: "ol-edge-egress".into(),
+            egress_bridge: "oledge0".into(),
+            start_timeout_ms: 10_000,
+        }
+    }
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
@@ -105,6 +135,7 @@ impl Default for WorkerConfig {
             instances: InstancesConfig::default(),
             limits: LimitsConfig::default(),
             sandbox_user: SandboxUserConfig::default(),
+            docker: DockerConfig::default(),
         }
     }
 }
@@ -173,6 +204,7 @@ impl WorkerConfig {
             ("limits.cpu_percent", self.limits.cpu_percent),
             ("sandbox_user.uid_base", self.sandbox_user.uid_base as u64),
             ("sandbox_user.uid_count", self.sandbox_user.uid_count as u64),
+            ("docker.start_timeout_ms", self.docker.start_timeout_ms),
         ];
         for (field, v) in positive {
             if v == 0 {
@@ -190,6 +222,21 @@ impl WorkerConfig {
                 "instances.evict_after_ms",
                 "must not be shorter than instances.pause_after_ms",
             ));
+        }
+        let bridge = &self.docker.egress_bridge;
+        if bridge.is_empty()
+            || bridge.len() > 15
+            || !bridge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Invalid::new(
+                "docker.egress_bridge",
+                "must be 1 to 15 letters, digits, '-' or '_' (a Linux interface name)",
+            ));
+        }
+        if self.docker.egress_network.is_empty() {
+            return Err(Invalid::new("docker.egress_network", "must not be empty"));
         }
         if (self.sandbox_user.uid_base as u64) + (self.sandbox_user.uid_count as u64)
             > u32::MAX as u64

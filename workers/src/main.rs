@@ -100,8 +100,11 @@ fn load(cli: &Cli) -> Result<WorkerConfig, String> {
 async fn run(cfg: WorkerConfig, grace: Duration) -> anyhow::Result<()> {
     let work = cfg.work_dir();
     std::fs::create_dir_all(&work)?;
-    // Instances of a previous run that died without cleaning up.
-    let _ = std::fs::remove_dir_all(work.join("instances"));
+    // What a previous run left: instances that died without cleaning up, and
+    // unpacked code (a cache: the store is the source of truth).
+    for leftover in ["instances", "code", "tmp"] {
+        let _ = std::fs::remove_dir_all(work.join(leftover));
+    }
     let registry = Arc::new(Registry::new(
         &cfg.registry,
         &work,

@@ -23,8 +23,10 @@ impl Timer {
 /// How the instance that served a call was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Start {
-    /// A new sandbox was created and started for this call.
+    /// No instance was involved (the call was refused before one was needed).
     #[default]
+    None,
+    /// A new sandbox was created and started for this call.
     Cold,
     /// An idle, running instance was reused.
     Warm,
@@ -35,6 +37,7 @@ pub enum Start {
 impl Start {
     pub fn as_str(self) -> &'static str {
         match self {
+            Start::None => "none",
             Start::Cold => "cold",
             Start::Warm => "warm",
             Start::Unpaused => "unpaused",
@@ -125,6 +128,7 @@ impl Stats {
 
     pub fn count_start(&self, t: &Timing) {
         let c = match t.start {
+            Start::None => return,
             Start::Cold => &self.cold_starts,
             Start::Warm => &self.warm_starts,
             Start::Unpaused => &self.unpaused_starts,

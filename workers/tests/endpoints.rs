@@ -85,6 +85,7 @@ fn methods_follow_ol_yaml() {
     let r = w.call("PUT", "/run/echo", Some(b"{}"), &[]);
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, POST"));
+    assert_eq!(r.start(), "none", "refused before any instance was used");
     assert!(r.body.contains("allowed: GET, POST"), "{}", r.body);
     // No ol.yaml: any method.
     assert_eq!(w.call("DELETE", "/run/hello", None, &[]).status, 200);

@@ -165,3 +165,74 @@ fn unreachable_work_dir_is_refused_at_start() {
         "{err}"
     );
 }
+
+const NET_PROBE: &str = r#"
+import socket
+
+def f(event):
+    out = {}
+    for what, port in event["ports"].items():
+        s = socket.socket()
+        s.settimeout(1)
+        try:
+            s.connect(("127.0.0.1", port))
+            out[what] = "connected"
+        except OSError as e:
+            out[what] = type(e).__name__
+        finally:
+            s.close()
+    return out
+"#;
+
+const FORK_BOMB: &str = r#"
+import os, time
+
+def f(event):
+    children = 0
+    try:
+        while children < 1000:
+            if os.fork() == 0:
+                time.sleep(30)
+                os._exit(0)
+            children += 1
+    except OSError as e:
+        return {"children": children, "error": type(e).__name__}
+    return {"children": children, "error": None}
+"#;
+
+#[test]
+fn handlers_cannot_reach_the_network_or_fork_without_bound() {
+    if !is_root() {
+        eprintln!("SKIPPED: handlers_cannot_reach_the_network_or_fork_without_bound needs root");
+        return;
+    }
+    let w = Worker::start(Options::default());
+    for (name, code, yaml) in [
+        ("probe", NET_PROBE, ""),
+        ("probe-egress", NET_PROBE, "network: egress\n"),
+        ("forkbomb", FORK_BOMB, "limits:\n  procs: 8\n"),
+    ] {
+        std::fs::create_dir_all(w.registry.join(name)).unwrap();
+        std::fs::write(w.registry.join(name).join("f.py"), code).unwrap();
+        std::fs::write(w.registry.join(name).join("ol.yaml"), yaml).unwrap();
+    }
+    let ports = serde_json::json!({"ports": {"worker": w.port}}).to_string();
+    let r = w.post("/run/probe", ports.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_ne!(
+        v["worker"], "connected",
+        "a sandboxed handler reached the worker's port: {v}"
+    );
+    // The same code with egress allowed does connect: the probe can tell.
+    let v: serde_json::Value =
+        serde_json::from_str(&w.post("/run/probe-egress", ports.as_bytes()).body).unwrap();
+    assert_eq!(v["worker"], "connected", "{v}");
+
+    let r = w.post("/run/forkbomb", b"{}");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert!(v["children"].as_u64().unwrap() < 8, "{v}");
+    assert_eq!(v["error"], "BlockingIOError", "{v}");
+    assert_eq!(w.post("/run/hello", b"{}").status, 200);
+}

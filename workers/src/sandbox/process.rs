@@ -4,8 +4,13 @@
 //! uid (no passwd entry needed) and a private 0700 directory for scratch
 //! files and its socket, so handlers cannot read the worker's files or
 //! each other's scratch space; its own session and process group; and a
-//! cgroup (memory, pids, CPU, freezer) joined before exec. Without
-//! cgroups, rlimits bound memory and processes and SIGSTOP pauses.
+//! cgroup (memory, pids, CPU, freezer) joined before exec; and, unless
+//! its `ol.yaml` says `network: egress`, a network namespace of its own, so
+//! it cannot reach the worker, the proxy or anything else over TCP/UDP
+//! (the unix socket to the worker is a path, not a network address).
+//! Without cgroups, rlimits bound memory and processes and SIGSTOP pauses.
+//! An egress function on this backend shares the host's network: use the
+//! Docker backend for egress that cannot reach internal addresses.
 
 use std::ffi::CString;
 use std::fs;
@@ -148,6 +153,8 @@ impl SandboxManager for ProcessManager {
             log: self.logs_dir.join(format!("{id}.log")),
             code_dir: code.dir.clone(),
             env: code.config.environment.clone().into_iter().collect(),
+            private_network: code.config.network == config::function::Network::None
+                && self.uids.is_some(),
             limits,
             python: self.python.clone(),
             runtime: self.runtime.clone(),
@@ -211,6 +218,9 @@ pub struct ProcessSandbox {
     log: PathBuf,
     code_dir: PathBuf,
     env: Vec<(String, String)>,
+    /// Run in a network namespace of its own (no interfaces but a down
+    /// loopback): the handler reaches nothing, not even 127.0.0.1.
+    private_network: bool,
     limits: Limits,
     python: PathBuf,
     runtime: PathBuf,
@@ -255,6 +265,7 @@ impl ProcessSandbox {
         let has_memory_cgroup = self.cgroup.is_some();
         let mem_bytes = self.limits.memory_mb * 1024 * 1024;
         let nproc = self.limits.procs;
+        let private_network = self.private_network;
         // SAFETY: between fork and exec only async-signal-safe calls are
         // made, on data prepared before the fork.
         unsafe {
@@ -267,6 +278,9 @@ impl ProcessSandbox {
                     }
                 };
                 check(libc::setsid())?;
+                if private_network {
+                    check(libc::unshare(libc::CLONE_NEWNET))?;
+                }
                 for p in &procs {
                     let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                     check(fd)?;
