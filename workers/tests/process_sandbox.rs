@@ -236,3 +236,39 @@ fn handlers_cannot_reach_the_network_or_fork_without_bound() {
     assert_eq!(v["error"], "BlockingIOError", "{v}");
     assert_eq!(w.post("/run/hello", b"{}").status, 200);
 }
+
+const SPIN: &str = r#"
+import time
+
+def f(event):
+    end = time.monotonic() + event["seconds"]
+    while time.monotonic() < end:
+        pass
+    return time.process_time()
+"#;
+
+#[test]
+fn cpu_limit_throttles_a_busy_handler() {
+    if !is_root() || !std::path::Path::new("/sys/fs/cgroup/cpu/cgroup.procs").exists() {
+        eprintln!(
+            "SKIPPED: cpu_limit_throttles_a_busy_handler needs root and a cgroup v1 cpu controller"
+        );
+        return;
+    }
+    let w = Worker::start(Options::default());
+    std::fs::create_dir_all(w.registry.join("spin")).unwrap();
+    std::fs::write(w.registry.join("spin/f.py"), SPIN).unwrap();
+    std::fs::write(
+        w.registry.join("spin/ol.yaml"),
+        "limits:\n  cpu_percent: 20\n",
+    )
+    .unwrap();
+    let r = w.post("/run/spin", br#"{"seconds": 1.0}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let cpu: f64 = r.body.parse().unwrap();
+    // One second of wall time at 20% of a core: about 0.2 s of CPU.
+    assert!(
+        cpu < 0.45,
+        "handler used {cpu} s of CPU in 1 s under a 20% limit"
+    );
+}
