@@ -80,7 +80,9 @@ impl Default for RoutingConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
+    /// Referenced by routes, chains, `default_policy`; shown in `x-ol-policy`.
     pub name: String,
+    /// Which built-in policy.
     pub kind: PolicyKind,
     /// `e` for bounded loads (code-locality, session, db-affinity): a worker
     /// is skipped while its in-flight count would exceed
@@ -109,12 +111,19 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyKind {
+    /// The next healthy worker (baseline).
     RoundRobin,
+    /// A uniformly random healthy worker (baseline).
     Random,
+    /// Power of two choices over in-flight counts.
     LeastLoad,
+    /// Bounded-load consistent hashing of the function or its largest package.
     CodeLocality,
+    /// Bounded-load consistent hashing of a session key.
     Session,
+    /// Bounded-load consistent hashing of a DB / shard key.
     DbAffinity,
+    /// Members tried in order.
     Chain,
     /// Plain consistent hashing of the function name, no load bound (baseline).
     ConsistentHash,
@@ -214,6 +223,7 @@ pub enum KeySource {
 pub struct RouteConfig {
     /// Exact names or globs: `*` any run of characters, `?` one character.
     pub functions: Vec<String>,
+    /// A policy name (or a built-in kind that needs no parameters).
     pub policy: String,
 }
 
