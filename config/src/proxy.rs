@@ -99,6 +99,10 @@ pub struct WorkersConfig {
     /// worker. Empty: none.
     pub dns: String,
     pub dns_refresh_ms: u64,
+    /// Speak h2c (HTTP/2 with prior knowledge) to workers instead of
+    /// HTTP/1.1. Needed for trailers (gRPC) to pass through: pingora drops
+    /// HTTP/1.1 trailers. Health checks stay HTTP/1.1.
+    pub h2c: bool,
 }
 
 /// `ol-worker` processes that `ol-proxy` starts itself (quickstart), on
@@ -155,6 +159,9 @@ pub struct TimeoutsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyLimits {
+    /// Largest request head (request line and headers) accepted; 431
+    /// beyond. Pingora itself refuses more than 1 MiB or 256 headers (400).
+    pub max_header_bytes: usize,
     /// Largest body buffered for a JSON-path key (413 beyond); at most 64 KiB.
     pub inspect_body_bytes: usize,
     /// Upstream keep-alive connections kept per proxy.
@@ -205,6 +212,7 @@ impl Default for WorkersConfig {
             static_addrs: Vec::new(),
             dns: String::new(),
             dns_refresh_ms: 5000,
+            h2c: false,
         }
     }
 }
@@ -250,6 +258,7 @@ impl Default for TimeoutsConfig {
 impl Default for ProxyLimits {
     fn default() -> Self {
         ProxyLimits {
+            max_header_bytes: 32 * 1024,
             inspect_body_bytes: MAX_INSPECT_BODY_BYTES,
             keepalive_pool: 128,
         }
@@ -323,6 +332,10 @@ impl ProxyConfig {
             (
                 "limits.inspect_body_bytes",
                 self.limits.inspect_body_bytes as u64,
+            ),
+            (
+                "limits.max_header_bytes",
+                self.limits.max_header_bytes as u64,
             ),
         ];
         for (field, v) in positive {

@@ -1,1 +1,30 @@
-//! The pingora edge proxy (see issue: Proxy).
+//! `ol-proxy`: ol-edge's edge proxy, on pingora 0.9.
+//!
+//! A request comes in over HTTP/1.1 or h2c; the function name is read from
+//! `/run/<name>/...`; a routing policy (config `routing`) orders the healthy
+//! workers; the proxy forwards to the first and fails over to the next on a
+//! connect failure; the response comes back unchanged plus `x-ol-worker`
+//! and `x-ol-policy`. See `service` for where each pingora hook runs.
+//!
+//! Code map:
+//! - [`service`]: the `ProxyHttp` hooks (the request path).
+//! - [`inspect`]: name inspection and routing-key extraction.
+//! - [`routing`]: the adapter to the routing policies (one place to switch).
+//! - [`snapshot`]: the live config, one `ArcSwap<Snapshot>`.
+//! - [`workers`]: per-worker atomics (health, in-flight, EWMA, stats).
+//! - [`health`]: health checks and DNS re-resolution (background service).
+//! - [`admin`]: `/metrics` and `/admin/status` on the admin listener.
+//! - [`metrics`]: counters and histograms, Prometheus text.
+//! - [`local`]: local `ol-worker` children for the quickstart.
+//! - [`server`]: builds the pingora server from our config, and shutdown.
+
+pub mod admin;
+pub mod health;
+pub mod inspect;
+pub mod local;
+pub mod metrics;
+pub mod routing;
+pub mod server;
+pub mod service;
+pub mod snapshot;
+pub mod workers;

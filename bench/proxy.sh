@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# ol-proxy beside bare pingora, nginx and HAProxy, on the same upstream, in
+# one run. See proxy/README.md ("Benchmark") for what is measured and why.
+#
+#   bench/proxy.sh                 # both runs, ~3 minutes
+#   DURATION=5 CONNS=32 bench/proxy.sh
+#   RUNS=fixed bench/proxy.sh      # only the fixed-response run
+#   ROUNDS=3 KEEP=1 bench/proxy.sh # more rounds; keep logs and configs
+#
+# Run 1 ("fixed"): upstream = nginx `return 200` on a loopback port; wrk
+# (CONNS connections, DURATION s each) through ol-proxy (name inspection of
+# /run/hello, policy routing, metrics, x-ol-* headers, health checks on),
+# bare-pingora (round-robin LoadBalancer only), nginx, HAProxy, and straight
+# to the upstream. Every proxy gets one thread/worker process.
+# Run 2 ("hello"): `hello` on a real ol-worker, through ol-proxy vs direct.
+#
+# Printed per target: req/s, p50, p99, and the proxy process's CPU time per
+# request (utime+stime from /proc/<pid>/stat over the wrk run), then
+# ol-proxy's CPU/request ratios to bare pingora, nginx and HAProxy.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+DURATION=${DURATION:-8}
+CONNS=${CONNS:-32}
+RUNS=${RUNS:-fixed,hello}
+ROUNDS=${ROUNDS:-2} # each target is measured ROUNDS times, interleaved; the
+                    # round with the least CPU per request is reported (the
+                    # one least disturbed by other load on the machine)
+TMP=$(mktemp -d /tmp/ol-bench.XXXXXX)
+chmod 755 "$TMP" # ol-worker sandbox users must reach their code
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  [ -n "${KEEP:-}" ] && echo "bench: kept $TMP" >&2 || rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+for t in wrk nginx haproxy curl; do
+  command -v "$t" >/dev/null || { echo "bench: $t missing: run scripts/setup.sh" >&2; exit 1; }
+done
+
+echo "bench: building release binaries" >&2
+cargo build --release -q -p proxy -p bare-pingora -p workers
+BIN="$ROOT/target/release"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # port [path [log]]
+  for _ in $(seq 1 600); do
+    curl -s -o /dev/null "http://127.0.0.1:$1${2:-/}" && return 0
+    sleep 0.05
+  done
+  echo "bench: nothing answers on port $1" >&2
+  [ -n "${3:-}" ] && tail -20 "$3" >&2
+  exit 1
+}
+ticks() { # pid... -> utime+stime of all, in clock ticks
+  local sum=0
+  for p in "$@"; do
+    read -r -a f < <(sed 's/^.*) //' "/proc/$p/stat")
+    # after "pid (comm) ": field 0 is state; utime=11, stime=12
+    sum=$((sum + f[11] + f[12]))
+  done
+  echo "$sum"
+}
+CLK=$(getconf CLK_TCK)
+alive() { # pid log: fail loudly if a server died at start
+  sleep 0.2
+  kill -0 "$1" 2>/dev/null || { echo "bench: process $1 died; its log:" >&2; tail -20 "$2" >&2; exit 1; }
+}
+
+RESULTS=() # name|rps|p50|p99|cpu_us_per_req
+
+# measure NAME URL PIDS [WRK_ARGS...]
+measure() {
+  local name=$1 url=$2 pids=$3; shift 3
+  wrk -t1 -c"$CONNS" -d1s "$@" "$url" >/dev/null 2>&1 || true # warm-up
+  local t0 t1 out
+  # shellcheck disable=SC2086
+  t0=$(ticks $pids)
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
+  # shellcheck disable=SC2086
+  t1=$(ticks $pids)
+  local reqs rps p50 p99 errs
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  [ -n "$errs" ] && echo "bench: $name: $errs" >&2
+  local cpu
+  cpu=$(awk -v d=$((t1 - t0)) -v n="$reqs" -v c="$CLK" 'BEGIN { printf "%.1f", d / c / n * 1e6 }')
+  RESULTS+=("$name|$rps|$p50|$p99|$cpu")
+  echo "bench: $name: $rps req/s, p50 $p50, p99 $p99, $cpu us CPU/req" >&2
+}
+
+# best NAME -> the result line of NAME's round with the least CPU/request
+best() {
+  local line="" bc=""
+  for r in "${RESULTS[@]}"; do
+    IFS='|' read -r n _ _ _ c <<<"$r"
+    [ "$n" = "$1" ] || continue
+    if [ -z "$bc" ] || awk -v a="$c" -v b="$bc" 'BEGIN { exit !(a < b) }'; then
+      bc=$c; line=$r
+    fi
+  done
+  echo "$line"
+}
+
+table() {
+  echo "| target | req/s | p50 | p99 | proxy CPU per request |"
+  echo "|---|---:|---:|---:|---:|"
+  local seen=" "
+  for r in "${RESULTS[@]}"; do
+    IFS='|' read -r n _ <<<"$r"
+    [[ $seen == *" $n "* ]] && continue
+    seen="$seen$n "
+    IFS='|' read -r n rps p50 p99 cpu <<<"$(best "$n")"
+    echo "| $n | $rps | $p50 | $p99 | $cpu us |"
+  done
+}
+
+cpu_of() { local l; l=$(best "$1"); echo "${l##*|}"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+if [[ $RUNS == *fixed* ]]; then
+  UP=$(free_port); OLP=$(free_port); OLA=$(free_port); BARE=$(free_port); NGX=$(free_port); HAP=$(free_port)
+
+  # The upstream: nginx answering every path with a tiny fixed body.
+  mkdir -p "$TMP/up" "$TMP/ngx"
+  cat >"$TMP/up/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+error_log $TMP/up/error.log crit;
+pid $TMP/up/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UP;
+    location = /status { return 200 "ready\n"; }
+    location / { return 200 "hello\n"; }
+  }
+}
+EOF
+  nginx -c "$TMP/up/nginx.conf" -p "$TMP/up" & PIDS+=($!)
+  wait_port "$UP"
+  UP_PIDS=$(pgrep -P "${PIDS[-1]}" | tr '\n' ' ')" ${PIDS[-1]}"
+
+  cat >"$TMP/olp.toml" <<EOF
+listen = "127.0.0.1:$OLP"
+threads = 1
+[admin]
+listen = "127.0.0.1:$OLA"
+[workers]
+static = ["127.0.0.1:$UP"]
+[health]
+interval_ms = 1000
+[routing]
+default_policy = "least-load"
+EOF
+  RUST_LOG=warn "$BIN/ol-proxy" --config "$TMP/olp.toml" 2>"$TMP/olp.log" & PIDS+=($!); OLP_PID=$!
+  "$BIN/bare-pingora" --listen "127.0.0.1:$BARE" --upstream "127.0.0.1:$UP" --threads 1 2>"$TMP/bare.log" & PIDS+=($!); BARE_PID=$!
+  alive "$OLP_PID" "$TMP/olp.log"; alive "$BARE_PID" "$TMP/bare.log"
+
+  cat >"$TMP/ngx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+error_log $TMP/ngx/error.log crit;
+pid $TMP/ngx/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream up { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+  nginx -c "$TMP/ngx/nginx.conf" -p "$TMP/ngx" & PIDS+=($!)
+  NGX_MASTER=$!
+
+  cat >"$TMP/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAP
+  default_backend be
+backend be
+  server up 127.0.0.1:$UP
+EOF
+  haproxy -f "$TMP/haproxy.cfg" -db 2>"$TMP/haproxy.log" & PIDS+=($!); HAP_PID=$!
+
+  wait_port "$BARE" /; wait_port "$NGX" /; wait_port "$HAP" /
+  for _ in $(seq 1 100); do
+    curl -sf -o /dev/null "http://127.0.0.1:$OLP/run/hello" && break
+    sleep 0.05
+  done
+  curl -s -D - -o /dev/null "http://127.0.0.1:$OLP/run/hello" | grep -qi '^x-ol-policy' \
+    || { echo "bench: ol-proxy does not answer with x-ol-policy" >&2; cat "$TMP/olp.log" >&2; exit 1; }
+  NGX_PIDS="$NGX_MASTER $(pgrep -P "$NGX_MASTER" | tr '\n' ' ')"
+
+  for _ in $(seq 1 "$ROUNDS"); do
+    measure "ol-proxy" "http://127.0.0.1:$OLP/run/hello" "$OLP_PID"
+    measure "bare pingora" "http://127.0.0.1:$BARE/run/hello" "$BARE_PID"
+    measure "nginx" "http://127.0.0.1:$NGX/run/hello" "$NGX_PIDS"
+    measure "HAProxy" "http://127.0.0.1:$HAP/run/hello" "$HAP_PID"
+    # shellcheck disable=SC2086
+    measure "direct (upstream; CPU is the upstream's)" "http://127.0.0.1:$UP/run/hello" "$UP_PIDS"
+  done
+
+  echo
+  echo "### Run 1: fixed 200 response (nginx \`return 200\`), $CONNS connections, ${DURATION}s each, best of $ROUNDS interleaved rounds"
+  echo
+  table
+  echo
+  o=$(cpu_of "ol-proxy")
+  echo "ol-proxy CPU per request: $(ratio "$o" "$(cpu_of "bare pingora")")x bare pingora (target <= 1.15), $(ratio "$o" "$(cpu_of nginx)")x nginx (target <= 1.5), $(ratio "$o" "$(cpu_of HAProxy)")x HAProxy"
+  RESULTS=()
+fi
+
+if [[ $RUNS == *hello* ]]; then
+  W=$(free_port); OLP2=$(free_port); OLA2=$(free_port)
+  mkdir -p "$TMP/w"
+  "$BIN/ol-worker" --listen "127.0.0.1:$W" --registry "$ROOT/examples/functions" --sandbox process --work-dir "$TMP/w" >"$TMP/worker.log" 2>&1 & PIDS+=($!); W_PID=$!
+  wait_port "$W" /status "$TMP/worker.log"
+  cat >"$TMP/olp2.toml" <<EOF
+listen = "127.0.0.1:$OLP2"
+threads = 1
+[admin]
+listen = "127.0.0.1:$OLA2"
+[workers]
+static = ["127.0.0.1:$W"]
+[health]
+interval_ms = 1000
+EOF
+  RUST_LOG=warn "$BIN/ol-proxy" --config "$TMP/olp2.toml" 2>"$TMP/olp2.log" & PIDS+=($!); OLP2_PID=$!
+  alive "$OLP2_PID" "$TMP/olp2.log"
+  for _ in $(seq 1 100); do
+    curl -sf -o /dev/null -d '{"name":"bench"}' "http://127.0.0.1:$OLP2/run/hello" && break
+    sleep 0.05
+  done
+  cat >"$TMP/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"name": "bench"}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+  for _ in $(seq 1 "$ROUNDS"); do
+    measure "hello via ol-proxy" "http://127.0.0.1:$OLP2/run/hello" "$OLP2_PID" -s "$TMP/post.lua"
+    measure "hello direct to ol-worker (CPU is the worker's)" "http://127.0.0.1:$W/run/hello" "$W_PID" -s "$TMP/post.lua"
+  done
+  echo
+  echo "### Run 2: \`hello\` on one real ol-worker (process sandbox), $CONNS connections, ${DURATION}s each, best of $ROUNDS rounds"
+  echo
+  table
+fi

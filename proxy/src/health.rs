@@ -1,0 +1,157 @@
+//! Background work: active health checks and DNS re-resolution, as one
+//! pingora background service.
+//!
+//! Health: every `interval_ms`, each worker gets `GET <path>` on a fresh
+//! connection; a 200 whose body starts with `ready` is a success. The
+//! result goes into the worker's atomics (`rise`/`fall` streaks), which the
+//! very next routing decision sees. A hand-written HTTP/1.1 probe keeps the
+//! checker independent of the proxy's connection pool (a pooled connection
+//! could hide a worker that stopped accepting).
+//!
+//! DNS: every `dns_refresh_ms`, `workers.dns` is resolved; if the set of
+//! addresses changed, a snapshot with the new worker list is swapped in
+//! (known workers keep their state).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::snapshot::State;
+
+pub struct Background {
+    pub state: Arc<State>,
+}
+
+/// One probe: true when the worker answered 200 and `ready`.
+pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: ol-proxy-health\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::with_capacity(256);
+        let mut chunk = [0u8; 512];
+        loop {
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 || buf.len() > 8192 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Some(buf)
+    };
+    let Ok(Some(buf)) = tokio::time::timeout(timeout, fut).await else {
+        return false;
+    };
+    let ok_status = buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200");
+    let body = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| &buf[i + 4..]);
+    // A chunked body starts with its size line; accept `ready` in the
+    // first few bytes either way.
+    ok_status
+        && body.is_some_and(|b| {
+            b.starts_with(b"ready") || b.windows(5).take(16).any(|w| w == b"ready")
+        })
+}
+
+async fn resolve(name: &str) -> Option<Vec<SocketAddr>> {
+    let mut v: Vec<SocketAddr> = tokio::net::lookup_host(name)
+        .await
+        .ok()?
+        .filter(|a| a.is_ipv4())
+        .collect();
+    v.sort();
+    v.dedup();
+    Some(v)
+}
+
+impl Background {
+    async fn check_all(&self) {
+        let snap = self.state.snap.load_full();
+        let h = &snap.config.health;
+        if !h.enabled {
+            return;
+        }
+        let timeout = Duration::from_millis(h.timeout_ms);
+        let checks = snap.workers.iter().map(|w| {
+            let w = w.clone();
+            let path = h.path.clone();
+            let (rise, fall) = (h.rise, h.fall);
+            async move {
+                let ok = probe(w.addr, &path, timeout).await;
+                if let Some(now) = w.record_check(ok, rise, fall) {
+                    log::info!(
+                        "worker {} is now {}",
+                        w.addr,
+                        if now { "healthy" } else { "unhealthy" }
+                    );
+                }
+            }
+        });
+        let handles: Vec<_> = checks.map(tokio::spawn).collect();
+        for h in handles {
+            let _ = h.await;
+        }
+        // Publish to the policies' table of the snapshot in force now (a
+        // DNS swap may have replaced the one this round started with).
+        let cur = self.state.snap.load();
+        for (i, w) in cur.workers.iter().enumerate() {
+            cur.routing.table.set_healthy(i, w.healthy());
+        }
+    }
+
+    async fn refresh_dns(&self, last: &mut Vec<SocketAddr>) {
+        let snap = self.state.snap.load_full();
+        let name = snap.config.workers.dns.clone();
+        if name.is_empty() {
+            return;
+        }
+        match resolve(&name).await {
+            Some(addrs) if addrs != *last => {
+                log::info!("workers.dns {name} resolves to {addrs:?}");
+                let cur = self.state.snap.load_full();
+                match cur.with_dns(&addrs) {
+                    Ok(s) => {
+                        self.state.snap.store(Arc::new(s));
+                        *last = addrs;
+                    }
+                    Err(e) => log::warn!(
+                        "workers.dns: cannot use {addrs:?}: {}: {}",
+                        e.field,
+                        e.reason
+                    ),
+                }
+            }
+            Some(_) => {}
+            None => log::warn!("workers.dns {name} does not resolve; keeping the last answer"),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Background {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last_dns: Vec<SocketAddr> = Vec::new();
+        let mut next_dns = Instant::now();
+        loop {
+            if Instant::now() >= next_dns {
+                self.refresh_dns(&mut last_dns).await;
+                let ms = self.state.snap.load().config.workers.dns_refresh_ms;
+                next_dns = Instant::now() + Duration::from_millis(ms);
+            }
+            self.check_all().await;
+            let interval = Duration::from_millis(self.state.snap.load().config.health.interval_ms);
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

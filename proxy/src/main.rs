@@ -1,0 +1,106 @@
+//! `ol-proxy --config <file.toml>`: loads and validates the config (errors
+//! say `file:line: field: reason` and exit 2), applies flag overrides,
+//! starts local workers if configured, and runs the pingora server. With
+//! no `--config`, the embedded quickstart config is used.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use config::{parse_toml, ProxyConfig};
+use proxy::server::{config_hash, run, Plan};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The quickstart config, used when no --config is given.
+const QUICKSTART: &str = include_str!("../../config/quickstart.toml");
+
+#[derive(Parser, Debug)]
+#[command(name = "ol-proxy", version, about = "ol-edge's edge proxy (pingora)")]
+struct Cli {
+    /// TOML config file; without it the embedded quickstart config is used.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Public address (overrides `listen`).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin address (overrides `admin.listen`).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Proxy threads (overrides `threads`).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Check the config and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let (name, text) = match &cli.config {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => (p.clone(), t),
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => (
+            PathBuf::from("quickstart.toml (embedded)"),
+            QUICKSTART.to_string(),
+        ),
+    };
+    let mut cfg: ProxyConfig = match parse_toml(&name, &text) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(a) = cli.listen {
+        cfg.listen = a;
+    }
+    if let Some(a) = cli.admin {
+        cfg.admin.listen = a;
+    }
+    if let Some(t) = cli.threads {
+        cfg.threads = t;
+    }
+    if let Err(i) = cfg.validate() {
+        eprintln!(
+            "{}: {}: {} (after command-line overrides)",
+            name.display(),
+            i.field,
+            i.reason
+        );
+        return ExitCode::from(2);
+    }
+    if cli.check {
+        println!("{}: ok", name.display());
+        return ExitCode::SUCCESS;
+    }
+    // Fail early and clearly if an address is taken (pingora would panic).
+    for (what, a) in [("listen", cfg.listen), ("admin.listen", cfg.admin.listen)] {
+        if let Err(e) = TcpListener::bind(a) {
+            eprintln!("{}: {what}: cannot listen on {a}: {e}", name.display());
+            return ExitCode::from(1);
+        }
+    }
+    let local_workers = match proxy::local::start(&cfg.local_workers) {
+        Ok(a) => a,
+        Err(e) => {
+            proxy::local::stop_all(std::time::Duration::from_secs(1));
+            eprintln!("{}: local_workers: {e}", name.display());
+            return ExitCode::from(1);
+        }
+    };
+    run(Plan {
+        config_hash: config_hash(&text),
+        config: cfg,
+        local_workers,
+    });
+    ExitCode::SUCCESS
+}

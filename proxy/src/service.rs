@@ -1,0 +1,495 @@
+//! The request path: ol-edge's `ProxyHttp` implementation.
+//!
+//! Where each pingora hook runs, and what ol-edge does there:
+//!
+//! | hook (in pingora's order) | runs | ol-edge does |
+//! |---|---|---|
+//! | `new_ctx` | once per request, before anything is read past the header | counts the request in flight (for shutdown drain), starts the clock |
+//! | `request_filter` | after the request header is parsed | name inspection (`/run/<name>`, 400/404), loads the snapshot, extracts the policy's keys (cookie, header, query; the body only for a JSON path, 413 beyond the limit), asks the policy for an ordered list of healthy workers (503 when empty) |
+//! | `upstream_peer` | before each connect attempt (again after a retryable failure) | takes the next worker of the order, holds an in-flight slot on it, builds the peer with the configured timeouts |
+//! | `fail_to_connect` | a connect attempt failed | counts a failed health check for the worker (passive health), and marks the error retryable while the policy's picks and `retries` allow; the next `upstream_peer` takes the next pick |
+//! | `error_while_proxy` | a failure after the request was sent | pingora's default: never retried for non-idempotent methods |
+//! | `upstream_response_body_filter` | each body chunk from the worker | enforces `timeouts.total_ms` |
+//! | `response_filter` | before the response header goes to the client | adds `x-ol-worker` and `x-ol-policy` |
+//! | `fail_to_proxy` | the request failed for good | answers 502/503/504/400 with a one-line reason and the `x-ol-*` headers |
+//! | `logging` | at the end of every request | metrics by route, policy and worker; the worker's latency EWMA; releases the in-flight slot |
+//!
+//! Status, headers, body and trailers from workers pass through unchanged:
+//! pingora strips hop-by-hop headers and re-frames the body per protocol.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use config::policy::KeySource;
+use http::HeaderValue;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+
+use policies::{Picks, Request};
+
+use crate::inspect::{self, Target};
+use crate::routing::PolicyId;
+use crate::snapshot::{Snapshot, State, IN_FLIGHT};
+
+const X_OL_WORKER: &str = "x-ol-worker";
+const X_OL_POLICY: &str = "x-ol-policy";
+static NONE: HeaderValue = HeaderValue::from_static("none");
+
+/// The proxy application; `state` holds the swappable snapshot.
+pub struct OlProxy {
+    pub state: Arc<State>,
+}
+
+/// Counts a request in flight for as long as its context lives.
+pub struct InFlight;
+
+impl InFlight {
+    fn new() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Per-request state shared by the hooks.
+pub struct Ctx {
+    snap: Option<Arc<Snapshot>>,
+    route: usize,
+    policy: PolicyId,
+    policy_header: Option<HeaderValue>,
+    picks: Picks,
+    attempt: usize,
+    /// The worker index (in `snap`) holding an in-flight slot.
+    attached: Option<usize>,
+    /// The last worker tried, kept for metrics and error messages.
+    worker: Option<usize>,
+    worker_header: Option<HeaderValue>,
+    started: Instant,
+    upstream_started: Option<Instant>,
+    deadline: Option<Instant>,
+    retries: u64,
+    _in_flight: InFlight,
+}
+
+impl Ctx {
+    /// Gives the in-flight slot back to the policies' state table.
+    fn release(&mut self) {
+        if let (Some(s), Some(i)) = (&self.snap, self.attached.take()) {
+            s.routing.table.finish(i);
+        }
+    }
+}
+
+impl Drop for Ctx {
+    /// Every exit path (success, error, cancelled task) releases the slot.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl OlProxy {
+    /// Answers from the proxy itself with a one-line text body.
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        status: u16,
+        reason: &str,
+        keepalive: bool,
+    ) -> Result<()> {
+        let body = Bytes::from(format!("{}\n", one_line(reason)));
+        let mut resp = ResponseHeader::build(status, Some(4))?;
+        resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        add_ol_headers(&mut resp, ctx)?;
+        if !keepalive {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(())
+    }
+
+    /// Reads the whole request body (bounded) so that a JSON key can be
+    /// taken from it; pingora's retry buffer replays it to the worker.
+    async fn buffer_body(&self, session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
+        if let Some(len) = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            if len > limit {
+                return Ok(None);
+            }
+        }
+        session.downstream_session.enable_retry_buffering();
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if buf.len() + chunk.len() > limit {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Some(buf.freeze()))
+    }
+}
+
+fn add_ol_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    resp.insert_header(
+        X_OL_WORKER,
+        ctx.worker_header.clone().unwrap_or_else(|| NONE.clone()),
+    )?;
+    resp.insert_header(
+        X_OL_POLICY,
+        ctx.policy_header.clone().unwrap_or_else(|| NONE.clone()),
+    )?;
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[async_trait]
+impl ProxyHttp for OlProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            snap: None,
+            route: usize::MAX,
+            policy: 0,
+            policy_header: None,
+            picks: Picks::new(),
+            attempt: 0,
+            attached: None,
+            worker: None,
+            worker_header: None,
+            started: Instant::now(),
+            upstream_started: None,
+            deadline: None,
+            retries: 0,
+            _in_flight: InFlight::new(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snap = self.state.snap.load_full();
+        ctx.snap = Some(snap.clone());
+        let limit = snap.config.limits.max_header_bytes;
+        let head = head_size(session.req_header());
+        if head > limit {
+            let msg = format!("request head is {head} bytes; the limit is {limit}");
+            self.answer(session, ctx, 431, &msg, false).await?;
+            return Ok(true);
+        }
+        // Name inspection.
+        let (route, policy, prefix_len) = {
+            let path = session.req_header().uri.path();
+            match inspect::target(path) {
+                Target::Function(name) => {
+                    if let Err(e) = config::validate_function_name(name) {
+                        let msg = format!("bad function name: {e}");
+                        self.answer(session, ctx, 400, &msg, true).await?;
+                        return Ok(true);
+                    }
+                    let (r, p) = snap.route_for_function(name);
+                    (r, p, None)
+                }
+                Target::Other => match snap.route_for_path(path) {
+                    Some((len, r, p)) => (r, p, Some(len)),
+                    None => {
+                        let msg = format!(
+                            "no route for {}: functions are called at /run/<name>",
+                            path.chars().take(200).collect::<String>()
+                        );
+                        self.answer(session, ctx, 404, &msg, true).await?;
+                        return Ok(true);
+                    }
+                },
+            }
+        };
+        ctx.route = route;
+        ctx.policy = policy;
+        let info = &snap.routing.policies[policy];
+        ctx.policy_header = Some(info.header.clone());
+
+        // Content inspection: only when the policy needs a key in the body.
+        let mut body_key: Option<Vec<u8>> = None;
+        if let Some(json_path) = info.needs.json_path() {
+            let limit = snap.config.limits.inspect_body_bytes;
+            match self.buffer_body(session, limit).await? {
+                None => {
+                    let msg = format!(
+                        "request body is larger than {limit} bytes, the limit for routing on its content"
+                    );
+                    self.answer(session, ctx, 413, &msg, false).await?;
+                    return Ok(true);
+                }
+                Some(body) => body_key = inspect::json_key(&body, json_path),
+            }
+        }
+
+        if snap.routing.table.healthy_count() == 0 {
+            let n = snap.workers.len();
+            let msg = format!(
+                "no healthy worker: {n} worker{} known, none passing health checks",
+                if n == 1 { "" } else { "s" }
+            );
+            self.answer(session, ctx, 503, &msg, true).await?;
+            return Ok(true);
+        }
+
+        // Decide: the policy sees the facts and the live state table.
+        let req = session.req_header();
+        let path = req.uri.path();
+        let function = match prefix_len {
+            None => inspect_name(path),
+            Some(n) => &path[..n],
+        };
+        let key_of = |src: &Option<KeySource>| -> Option<&str> {
+            let b = match src {
+                Some(KeySource::Json(_)) => body_key.as_deref(),
+                Some(s) => inspect::header_key(req, s),
+                None => None,
+            };
+            b.and_then(|b| std::str::from_utf8(b).ok())
+        };
+        let facts = Request::new(function)
+            .method(req.method.as_str())
+            .session(key_of(&info.needs.session))
+            .db_key(key_of(&info.needs.db));
+        ctx.picks = snap.routing.pick(policy, &facts);
+        if ctx.picks.is_empty() {
+            self.answer(session, ctx, 503, "no worker to route to", true)
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let snap = ctx.snap.as_ref().expect("request_filter sets the snapshot");
+        let Some(i) = ctx.picks.get(ctx.attempt) else {
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy worker left to try");
+        };
+        let w = &snap.workers[i];
+        let t = &snap.config.timeouts;
+        let now = Instant::now();
+        let deadline = *ctx
+            .deadline
+            .get_or_insert(now + Duration::from_millis(t.total_ms));
+        let left = deadline.saturating_duration_since(now);
+        let mut peer = HttpPeer::new(w.addr, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_millis(t.connect_ms).min(left));
+        peer.options.read_timeout = Some(Duration::from_millis(t.read_ms).min(left));
+        peer.options.write_timeout = Some(Duration::from_millis(t.write_ms));
+        peer.options.idle_timeout = Some(Duration::from_millis(t.idle_ms));
+        if snap.config.workers.h2c {
+            peer.options.set_http_version(2, 2);
+        }
+        ctx.worker_header = Some(w.header.clone());
+        if let Some(prev) = ctx.attached.replace(i) {
+            snap.routing.table.finish(prev);
+        }
+        snap.routing.table.start(i);
+        ctx.worker = Some(i);
+        ctx.upstream_started = Some(now);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Passive health: a refused or timed-out connect counts as a failed
+        // check, so a dead worker leaves the rotation before the next probe.
+        if let (Some(snap), Some(i)) = (&ctx.snap, ctx.worker) {
+            if matches!(
+                e.etype(),
+                ErrorType::ConnectRefused | ErrorType::ConnectTimedout | ErrorType::ConnectNoRoute
+            ) {
+                let h = &snap.config.health;
+                if h.enabled {
+                    let w = &snap.workers[i];
+                    if let Some(now) = w.record_check(false, h.rise, h.fall) {
+                        snap.routing.table.set_healthy(i, now);
+                        log::info!("worker {} is now unhealthy (connect failed)", w.addr);
+                    }
+                }
+            }
+        }
+        let max = ctx.snap.as_ref().map_or(0, |s| s.config.retries);
+        if ctx.attempt + 1 < ctx.picks.len() && (ctx.retries as usize) < max {
+            ctx.attempt += 1;
+            ctx.retries += 1;
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(d) = ctx.deadline {
+            if Instant::now() > d {
+                return Error::e_explain(
+                    ErrorType::ReadTimedout,
+                    "response exceeded timeouts.total_ms",
+                );
+            }
+        }
+        Ok(None)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        add_ol_headers(resp, ctx)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let worker = match (&ctx.snap, ctx.worker) {
+            (Some(s), Some(i)) => format!("worker {}", s.workers[i].addr),
+            _ => "worker".to_string(),
+        };
+        let t = ctx.snap.as_ref().map(|s| s.config.timeouts.clone());
+        let (code, reason) = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(c), _) => (*c, e.to_string()),
+            (ErrorType::ConnectTimedout, _) => (
+                502,
+                format!(
+                    "cannot connect to {worker}: no answer within {} ms",
+                    t.map_or(0, |t| t.connect_ms)
+                ),
+            ),
+            (
+                ErrorType::ConnectRefused
+                | ErrorType::ConnectNoRoute
+                | ErrorType::ConnectError
+                | ErrorType::BindError
+                | ErrorType::SocketError,
+                _,
+            ) => (
+                502,
+                format!("cannot connect to {worker}: {}", e.etype().as_str()),
+            ),
+            (ErrorType::ReadTimedout | ErrorType::WriteTimedout, ErrorSource::Upstream)
+            | (ErrorType::ReadTimedout, ErrorSource::Internal | ErrorSource::Unset) => (
+                504,
+                format!(
+                    "{worker} did not answer in time (read {} ms, total {} ms)",
+                    t.as_ref().map_or(0, |t| t.read_ms),
+                    t.as_ref().map_or(0, |t| t.total_ms)
+                ),
+            ),
+            (_, ErrorSource::Upstream) => (
+                502,
+                format!(
+                    "{worker} failed before a complete response: {}",
+                    e.etype().as_str()
+                ),
+            ),
+            (
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+            ) => (0, String::new()),
+            (_, ErrorSource::Downstream) => (400, format!("bad request: {}", e.etype().as_str())),
+            _ => (500, format!("proxy error: {}", e.etype().as_str())),
+        };
+        if session.response_written().is_some() {
+            // The head (and maybe part of the body) is out: the only honest
+            // signal left is to cut the connection, so that the client sees
+            // a truncated body instead of a complete-looking one.
+            session.set_keepalive(None);
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
+        if code > 0 {
+            if let Err(we) = self.answer(session, ctx, code, &reason, false).await {
+                log::debug!("cannot send error response: {we}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.release();
+        let Some(snap) = ctx.snap.as_ref() else {
+            return;
+        };
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let latency = ctx.started.elapsed().as_micros() as u64;
+        let error = e.is_some();
+        if let Some(s) = snap.routes.stats.get(ctx.route) {
+            s.record(status, latency, error, ctx.retries);
+        }
+        if let Some(s) = snap.policy_stats.get(ctx.policy) {
+            s.record(status, latency, error, ctx.retries);
+        }
+        if let Some(i) = ctx.worker {
+            snap.workers[i]
+                .stats
+                .record(status, latency, error, ctx.retries);
+            if !error {
+                if let Some(t) = ctx.upstream_started {
+                    let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                    snap.routing.table.record_latency(i, us);
+                }
+            }
+        }
+    }
+}
+
+/// Bytes of the request line and headers as received (approximately:
+/// names, values and separators).
+fn head_size(req: &pingora::http::RequestHeader) -> usize {
+    let line = req.method.as_str().len()
+        + req.uri.path().len()
+        + req.uri.query().map_or(0, |q| q.len() + 1)
+        + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// The function name of a `/run/<name>` path (already validated).
+fn inspect_name(path: &str) -> &str {
+    match inspect::target(path) {
+        Target::Function(n) => n,
+        Target::Other => "",
+    }
+}

@@ -1,0 +1,129 @@
+//! Workers as the proxy sees them: an address, health-check streaks and
+//! metrics in atomics, shared by the request path, the health checker and
+//! the admin listener without locks.
+//!
+//! The routing state (health, in-flight, latency EWMA) lives in the
+//! policies crate's table (`routing::Routing::table`), one per membership,
+//! which decisions read directly. A `Worker` outlives memberships: when DNS
+//! re-resolution or a reload builds a new worker list, an address already
+//! known keeps its `Arc<Worker>`, so its health and counters carry over.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use crate::metrics::Stats;
+
+/// One upstream worker.
+pub struct Worker {
+    pub addr: SocketAddr,
+    /// `x-ol-worker` value, built once.
+    pub header: HeaderValue,
+    /// `host:port`, the worker's key for the policy set.
+    pub key: String,
+    /// Where it came from: `static`, `dns` or `local`.
+    pub source: &'static str,
+    healthy: AtomicBool,
+    /// Whether any health check has finished yet.
+    checked: AtomicBool,
+    ok_streak: AtomicU32,
+    fail_streak: AtomicU32,
+    pub stats: Stats,
+}
+
+impl Worker {
+    /// A new worker starts unhealthy until its first check passes (or
+    /// healthy when health checks are off).
+    pub fn new(addr: SocketAddr, source: &'static str, healthy: bool) -> Arc<Worker> {
+        Arc::new(Worker {
+            addr,
+            header: HeaderValue::from_str(&addr.to_string()).expect("an address is a header value"),
+            key: addr.to_string(),
+            source,
+            healthy: AtomicBool::new(healthy),
+            checked: AtomicBool::new(false),
+            ok_streak: AtomicU32::new(0),
+            fail_streak: AtomicU32::new(0),
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records one health check result; returns `Some(new_health)` when the
+    /// worker changed state. The first result decides at once; after that
+    /// `rise` successes or `fall` failures in a row are needed.
+    pub fn record_check(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        let first = !self.checked.swap(true, Ordering::Relaxed);
+        let was = self.healthy();
+        if ok {
+            self.fail_streak.store(0, Ordering::Relaxed);
+            let n = self.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if !was && (first || n >= rise) {
+                self.healthy.store(true, Ordering::Relaxed);
+                return Some(true);
+            }
+        } else {
+            self.ok_streak.store(0, Ordering::Relaxed);
+            let n = self.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if was && (first || n >= fall) {
+                self.healthy.store(false, Ordering::Relaxed);
+                return Some(false);
+            }
+        }
+        None
+    }
+}
+
+/// Builds a worker list for `addrs`, reusing known workers by address.
+pub fn merge(
+    old: &[Arc<Worker>],
+    addrs: &[(SocketAddr, &'static str)],
+    healthy_at_start: bool,
+) -> Vec<Arc<Worker>> {
+    let mut out: Vec<Arc<Worker>> = Vec::with_capacity(addrs.len());
+    for &(a, source) in addrs {
+        if out.iter().any(|w| w.addr == a) {
+            continue;
+        }
+        match old.iter().find(|w| w.addr == a) {
+            Some(w) => out.push(w.clone()),
+            None => out.push(Worker::new(a, source, healthy_at_start)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rise_and_fall() {
+        let w = Worker::new("127.0.0.1:1".parse().unwrap(), "static", false);
+        assert_eq!(
+            w.record_check(true, 2, 2),
+            Some(true),
+            "first check decides"
+        );
+        assert_eq!(w.record_check(false, 2, 2), None);
+        assert_eq!(w.record_check(false, 2, 2), Some(false));
+        assert!(!w.healthy());
+        assert_eq!(w.record_check(true, 2, 2), None);
+        assert_eq!(w.record_check(true, 2, 2), Some(true));
+    }
+
+    #[test]
+    fn merge_keeps_known_workers() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let old = merge(&[], &[(a, "static")], false);
+        let new = merge(&old, &[(a, "dns"), (b, "dns"), (b, "dns")], false);
+        assert_eq!(new.len(), 2);
+        assert!(Arc::ptr_eq(&old[0], &new[0]));
+    }
+}
