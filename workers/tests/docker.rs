@@ -226,7 +226,7 @@ fn pause_unpause_round_trip() {
     if !engine("pause_unpause_round_trip") {
         return;
     }
-    let w = docker_worker("[instances]\npause_after_ms = 100\n");
+    let w = docker_worker("[instances]\npause_after_ms = 100\n[docker]\npool_size = 0\n");
     let label = label(&w);
     assert_eq!(w.post("/run/hello", b"{}").start(), "cold");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -248,7 +248,7 @@ fn timeout_and_crash_remove_the_container() {
     if !engine("timeout_and_crash_remove_the_container") {
         return;
     }
-    let w = docker_worker("");
+    let w = docker_worker("[docker]\npool_size = 0\n");
     let label = label(&w);
     let r = w.post("/run/loop", b"{}");
     assert_eq!(r.status, 504, "{}", r.body);
@@ -278,7 +278,8 @@ fn no_containers_left_after_the_worker_stops() {
     for f in ["echo", "sleep"] {
         assert_eq!(w.post(&format!("/run/{f}"), b"{}").status, 200);
     }
-    assert_eq!(containers(&label).len(), 3, "{:?}", containers(&label));
+    // Three instances and the pool's two pre-started containers.
+    assert!(containers(&label).len() >= 3, "{:?}", containers(&label));
     let t = Instant::now();
     let status = w.stop();
     assert!(status.success(), "{status:?}");
@@ -299,12 +300,21 @@ fn leftovers_of_a_killed_worker_are_removed_at_start() {
     if !engine("leftovers_of_a_killed_worker_are_removed_at_start") {
         return;
     }
+    /// Stops the worker however the test ends.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
     let tmp = tempfile::tempdir().unwrap();
     let registry = tmp.path().join("registry");
     common::copy_examples(&registry);
     let work = tmp.path().join("work");
-    let spawn = |port: u16| {
-        Command::new(env!("CARGO_BIN_EXE_ol-worker"))
+    let start = || {
+        let port = common::free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_ol-worker"))
             .args([
                 "--listen",
                 &format!("127.0.0.1:{port}"),
@@ -318,19 +328,17 @@ fn leftovers_of_a_killed_worker_are_removed_at_start() {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap()
-    };
-    let wait_ready = |port: u16| {
+            .unwrap();
+        let running = Running(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         let url = format!("http://127.0.0.1:{port}/status");
         while common::request("GET", &url, None, &[]).is_err() {
             assert!(Instant::now() < deadline, "worker not ready");
             std::thread::sleep(Duration::from_millis(20));
         }
+        (running, port)
     };
-    let port = common::free_port();
-    let mut first = spawn(port);
-    wait_ready(port);
+    let (mut first, port) = start();
     let url = format!("http://127.0.0.1:{port}/run/hello");
     assert_eq!(
         common::request("POST", &url, Some(b"{}"), &[])
@@ -338,26 +346,43 @@ fn leftovers_of_a_killed_worker_are_removed_at_start() {
             .status,
         200
     );
-    first.kill().unwrap(); // SIGKILL: no clean-up
-    first.wait().unwrap();
+    first.0.kill().unwrap(); // SIGKILL: no clean-up
+    first.0.wait().unwrap();
     let label = format!(
         "ol-edge.worker={}",
         std::fs::canonicalize(&work).unwrap().display()
     );
+    let ids = |label: &str| {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--no-trunc",
+                "--filter",
+                &format!("label={label}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let left = ids(&label);
+    assert!(!left.is_empty(), "expected leftover containers");
+    let (second, _) = start();
+    let now = ids(&label);
+    let survived: Vec<_> = left.iter().filter(|id| now.contains(id)).collect();
     assert!(
-        !containers(&label).is_empty(),
-        "expected a leftover container"
+        survived.is_empty(),
+        "leftovers survived a restart: {survived:?}"
     );
-    let port = common::free_port();
-    let mut second = spawn(port);
-    wait_ready(port);
+    drop(second);
     assert_eq!(
         containers(&label),
         Vec::<String>::new(),
-        "leftovers survived a restart"
+        "left after SIGTERM"
     );
-    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
-    assert!(second.wait().unwrap().success());
 }
 
 /// Runs the worker against `docker_host` with `toml`; it must fail at once.
@@ -438,4 +463,92 @@ fn missing_image_says_how_to_build_it() {
         "{err}"
     );
     assert!(err.contains("workers/image/build.sh"), "{err}");
+}
+
+const ENV_AND_CODE: &str = r#"
+import os
+
+def f(event):
+    return {"greeting": os.environ.get("GREETING"), "code": sorted(os.listdir("/run/ol/code"))}
+"#;
+
+#[test]
+fn pooled_containers_take_any_function() {
+    if !engine("pooled_containers_take_any_function") {
+        return;
+    }
+    let mut w = docker_worker("[docker]\npool_size = 2\n");
+    let label = label(&w);
+    add_function(&w, "envy", ENV_AND_CODE, "environment:\n  GREETING: hi\n");
+    add_function(&w, "broken", "import nosuchmodule\n", "");
+    // Pool containers are ready once their runtime listens.
+    let instances = w.work_dir.join("instances");
+    let ready_pool = || {
+        std::fs::read_dir(&instances)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("pool-"))
+                    .filter(|e| e.path().join("rt.sock").exists())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let wait_pool = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ready_pool() < n {
+            assert!(Instant::now() < deadline, "pool never reached {n}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    wait_pool(2);
+    // A pooled container gets the function's code and environment.
+    let r = w.post("/run/envy", b"{}");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.start(), "cold");
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["greeting"], "hi", "{v}");
+    assert_eq!(v["code"], serde_json::json!(["f.py", "ol.yaml"]), "{v}");
+    // The pool refills.
+    wait_pool(2);
+    // Load errors come back as from a fresh container: 500 with traceback.
+    let r = w.post("/run/broken", b"{}");
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("ModuleNotFoundError"), "{}", r.body);
+    assert!(r.body.contains("Traceback"), "{}", r.body);
+    assert_eq!(w.post("/run/hello", b"{}").status, 200);
+    assert!(w.stop().success());
+    assert_eq!(
+        containers(&label),
+        Vec::<String>::new(),
+        "left after SIGTERM"
+    );
+}
+
+const BUSY: &str = r#"
+import time
+
+def f(event):
+    wall, cpu = time.monotonic(), time.process_time()
+    while time.monotonic() - wall < 1.0:
+        pass
+    return {"cpu_s": time.process_time() - cpu}
+"#;
+
+#[test]
+fn cpu_limit_throttles_a_busy_handler() {
+    if !engine("cpu_limit_throttles_a_busy_handler") {
+        return;
+    }
+    let w = docker_worker("");
+    add_function(&w, "busy", BUSY, "limits:\n  cpu_percent: 10\n");
+    let r = w.post("/run/busy", b"{}");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let cpu = v["cpu_s"].as_f64().unwrap();
+    // 10% of one CPU for 1 s of wall time: about 0.1 s of CPU, never near 1 s.
+    assert!(
+        cpu < 0.35,
+        "a 10% CPU limit let the handler use {cpu:.2} s in 1 s"
+    );
 }

@@ -22,16 +22,26 @@
 //! stdout; stderr (the handler's prints and tracebacks) is kept in memory
 //! for `logs`. Pause is Docker's pause (the cgroup freezer).
 //!
+//! The pool: most of a cold start is the engine creating and starting a
+//! container (~300 ms here) rather than Python loading a function (~10 ms),
+//! so `pool_size` containers are kept started without a function (the
+//! runtime without `--code`). A cold start with the default limits and no
+//! network takes one, hard-links its code into the container's scratch dir
+//! and sends the runtime an init frame (`hand_over`); the pool refills in
+//! the background.
+//!
 //! Every container carries the label `ol-edge.worker=<work dir>`: the
 //! worker removes leftovers with its label at start and all of its own at
-//! shutdown. If the worker is killed outright, running containers exit by
-//! themselves (the runtime ends when its connection to the worker closes);
-//! paused ones stay until the next start with the same work dir.
+//! shutdown. If the worker is killed outright, running instances and idle
+//! pool containers exit by themselves (each runtime ends when its
+//! connection from the worker closes); paused instances stay frozen, and
+//! all of them stay as containers until the next start with the same work
+//! dir.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +57,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, OnceCell};
 
 use super::{Limits, Sandbox, SandboxError, SandboxManager, SandboxState};
@@ -92,10 +103,19 @@ pub fn default_image() -> String {
 
 /// One line out of a bollard error (the engine's message when it sent one).
 fn one_line(e: &bollard::errors::Error) -> String {
-    let s = match e {
+    let mut s = match e {
         bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
         other => other.to_string(),
     };
+    // Transport errors say what failed only in their sources.
+    let mut src = std::error::Error::source(e);
+    while let Some(cause) = src {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s = format!("{s}: {c}");
+        }
+        src = cause.source();
+    }
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -119,9 +139,14 @@ pub async fn connect() -> anyhow::Result<Docker> {
             );
         }
     }
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map(|h| h.trim_start_matches("unix://").to_string())
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
     let docker = Docker::connect_with_unix_defaults().map_err(|e| {
         anyhow::anyhow!(
-            "cannot reach the Docker engine: {}; start it (e.g. `dockerd &`) or use --sandbox process",
+            "cannot reach the Docker engine at {socket}: {}; start it (e.g. `dockerd &`) or use --sandbox process",
             one_line(&e)
         )
     })?;
@@ -130,17 +155,22 @@ pub async fn connect() -> anyhow::Result<Docker> {
     {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => anyhow::bail!(
-            "cannot reach the Docker engine: {}; start it (e.g. `dockerd &`) or use --sandbox process",
+            "cannot reach the Docker engine at {socket}: {}; start it (e.g. `dockerd &`) or use --sandbox process",
             one_line(&e)
         ),
         Err(_) => anyhow::bail!(
-            "the Docker engine did not answer within 10 s; check that dockerd is running or use --sandbox process"
+            "cannot reach the Docker engine at {socket}: no answer within 10 s; check that dockerd is running or use --sandbox process"
         ),
     };
     Ok(docker)
 }
 
+/// Creates containers; shared with the pool's background fillers.
 pub struct DockerManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     docker: Docker,
     registry: Arc<Registry>,
     image: String,
@@ -159,12 +189,28 @@ pub struct DockerManager {
     egress_bridge: String,
     /// Set up once, when the first egress function starts.
     egress: OnceCell<Result<(), String>>,
+    /// Pre-started containers without a function (see `take_pooled`).
+    pool: Mutex<Vec<DockerSandbox>>,
+    pool_size: usize,
+    /// The limits pooled containers run under: the worker's defaults.
+    pool_limits: Limits,
+    /// Pool containers being started.
+    filling: AtomicUsize,
+    closing: AtomicBool,
 }
 
 impl DockerManager {
     /// Connects to the engine, checks the image, removes containers a
-    /// previous run of this worker left behind.
+    /// previous run of this worker left behind, starts filling the pool.
     pub async fn new(cfg: &config::WorkerConfig, registry: Arc<Registry>) -> anyhow::Result<Self> {
+        let inner = Arc::new(Inner::new(cfg, registry).await?);
+        inner.refill();
+        Ok(DockerManager { inner })
+    }
+}
+
+impl Inner {
+    async fn new(cfg: &config::WorkerConfig, registry: Arc<Registry>) -> anyhow::Result<Self> {
         let docker = connect().await?;
         let image = if cfg.docker.image.is_empty() {
             default_image()
@@ -207,7 +253,7 @@ impl DockerManager {
             ))
         });
         let own = unsafe { (libc::geteuid(), libc::getegid()) };
-        let m = DockerManager {
+        let m = Inner {
             docker,
             registry,
             image,
@@ -222,6 +268,11 @@ impl DockerManager {
             egress_network: cfg.docker.egress_network.clone(),
             egress_bridge: cfg.docker.egress_bridge.clone(),
             egress: OnceCell::new(),
+            pool: Mutex::new(Vec::new()),
+            pool_size: cfg.docker.pool_size,
+            pool_limits: Limits::for_function(&cfg.limits, &Default::default()),
+            filling: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
         };
         let left = m.remove_labelled().await?;
         if left > 0 {
@@ -390,22 +441,18 @@ async fn remove_container(docker: &Docker, id: &str) {
     }
 }
 
-#[async_trait]
-impl SandboxManager for DockerManager {
-    async fn create(
+impl Inner {
+    /// A new container for `code` (`None`: a pool container that takes its
+    /// function later), created but not started.
+    async fn make(
         &self,
-        code: &Arc<CodeVersion>,
+        code: Option<&CodeVersion>,
         limits: Limits,
-    ) -> Result<Box<dyn Sandbox>, SandboxError> {
+        network: String,
+    ) -> Result<DockerSandbox, SandboxError> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}-{n}", code.name);
-        let network = match code.config.network {
-            Network::None => "none".to_string(),
-            Network::Egress => {
-                self.ensure_egress().await?;
-                self.egress_network.clone()
-            }
-        };
+        let fname = code.map(|c| c.name.as_str()).unwrap_or("pool");
+        let id = format!("{fname}-{n}");
         let uid = match &self.uids {
             Some(pool) => Some(
                 pool.lock()
@@ -420,7 +467,7 @@ impl SandboxManager for DockerManager {
         let mut sb = DockerSandbox {
             docker: self.docker.clone(),
             id: id.clone(),
-            name: code.name.clone(),
+            name: fname.to_string(),
             container: String::new(),
             socket: dir.join("rt.sock"),
             dir,
@@ -430,6 +477,8 @@ impl SandboxManager for DockerManager {
             uid_pool: self.uids.clone(),
             log: Arc::new(Mutex::new(Vec::new())),
             state: SandboxState::Created,
+            init: None,
+            pool_conn: None,
         };
         let setup = || -> std::io::Result<()> {
             fs::create_dir_all(&sb.dir)?;
@@ -452,12 +501,14 @@ impl SandboxManager for DockerManager {
             "PYTHONDONTWRITEBYTECODE=1".into(),
             "LANG=C.UTF-8".into(),
         ];
-        env.extend(
-            code.config
-                .environment
-                .iter()
-                .map(|(k, v)| format!("{k}={v}")),
-        );
+        if let Some(code) = code {
+            env.extend(
+                code.config
+                    .environment
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}")),
+            );
+        }
         let mem = (limits.memory_mb * 1024 * 1024) as i64;
         let bind = |src: &Path, dst: &str, ro: bool| Mount {
             source: Some(src.display().to_string()),
@@ -466,21 +517,27 @@ impl SandboxManager for DockerManager {
             read_only: Some(ro),
             ..Default::default()
         };
+        let mut cmd: Vec<String> = ["/usr/bin/python3", "-I", "-S", RUNTIME_IN_IMAGE]
+            .map(String::from)
+            .to_vec();
+        cmd.extend(["--socket".into(), format!("{SCRATCH_IN_CONTAINER}/rt.sock")]);
+        let mut mounts = vec![bind(&sb.dir, SCRATCH_IN_CONTAINER, false)];
+        let mut labels = HashMap::from([(WORKER_LABEL.to_string(), self.label.clone())]);
+        match code {
+            Some(code) => {
+                cmd.extend(["--code".into(), CODE_IN_CONTAINER.into()]);
+                cmd.extend(["--name".into(), code.name.clone()]);
+                mounts.push(bind(&code.dir, CODE_IN_CONTAINER, true));
+                labels.insert("ol-edge.function".into(), code.name.clone());
+            }
+            None => {
+                labels.insert("ol-edge.pool".into(), "1".into());
+            }
+        }
         let body = ContainerCreateBody {
             image: Some(self.image.clone()),
             user: Some(format!("{user_uid}:{user_gid}")),
-            cmd: Some(vec![
-                "/usr/bin/python3".into(),
-                "-I".into(),
-                "-S".into(),
-                RUNTIME_IN_IMAGE.into(),
-                "--code".into(),
-                CODE_IN_CONTAINER.into(),
-                "--socket".into(),
-                format!("{SCRATCH_IN_CONTAINER}/rt.sock"),
-                "--name".into(),
-                code.name.clone(),
-            ]),
+            cmd: Some(cmd),
             entrypoint: Some(vec![]),
             env: Some(env),
             working_dir: Some(SCRATCH_IN_CONTAINER.into()),
@@ -489,15 +546,9 @@ impl SandboxManager for DockerManager {
             attach_stdin: Some(false),
             open_stdin: Some(false),
             tty: Some(false),
-            labels: Some(HashMap::from([
-                (WORKER_LABEL.to_string(), self.label.clone()),
-                ("ol-edge.function".to_string(), code.name.clone()),
-            ])),
+            labels: Some(labels),
             host_config: Some(HostConfig {
-                mounts: Some(vec![
-                    bind(&code.dir, CODE_IN_CONTAINER, true),
-                    bind(&sb.dir, SCRATCH_IN_CONTAINER, false),
-                ]),
+                mounts: Some(mounts),
                 tmpfs: Some(HashMap::from([(
                     "/tmp".to_string(),
                     "rw,nosuid,nodev,noexec,size=16m,mode=1777".to_string(),
@@ -525,40 +576,159 @@ impl SandboxManager for DockerManager {
             name: Some(name),
             ..Default::default()
         };
-        match self.docker.create_container(Some(opts), body).await {
+        let t = std::time::Instant::now();
+        let created = self.docker.create_container(Some(opts), body).await;
+        tracing::debug!(id = %id, create_ms = t.elapsed().as_millis() as u64, "container created");
+        match created {
             Ok(r) => {
                 sb.container = r.id;
-                Ok(Box::new(sb))
+                Ok(sb)
             }
             Err(e) => {
                 sb.remove().await;
                 Err(SandboxError::Setup(format!(
-                    "cannot create a container for {}: {}",
-                    code.name,
+                    "cannot create a container for {fname}: {}",
                     one_line(&e)
                 )))
             }
         }
     }
 
+    /// A pre-started container for `code`, when its instances run with the
+    /// pool's limits and no network; `start` then hands it the function.
+    fn take_pooled(&self, code: &CodeVersion, limits: Limits) -> Option<DockerSandbox> {
+        if self.pool_size == 0 || limits != self.pool_limits || code.config.network != Network::None
+        {
+            return None;
+        }
+        loop {
+            let mut sb = self.pool.lock().unwrap().pop()?;
+            // A pool container whose runtime died meanwhile has closed the
+            // connection: drop it and try the next rather than fail the call.
+            let alive = sb.pool_conn.as_ref().is_some_and(|c| {
+                matches!(c.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            });
+            let conn = match (alive, sb.pool_conn.take()) {
+                (true, Some(c)) => c,
+                _ => {
+                    tracing::warn!(id = %sb.id, "pool container gone; removing it");
+                    tokio::spawn(async move { sb.remove().await });
+                    continue;
+                }
+            };
+            sb.id = format!("{}-{}", code.name, sb.id);
+            sb.name = code.name.clone();
+            sb.init = Some(PendingInit {
+                code_dir: code.dir.clone(),
+                env: code.config.environment.clone().into_iter().collect(),
+                conn,
+            });
+            return Some(sb);
+        }
+    }
+
+    /// Starts pool containers in the background until `pool_size` are
+    /// ready or starting.
+    fn refill(self: &Arc<Self>) {
+        loop {
+            if self.closing.load(Ordering::Relaxed) {
+                return;
+            }
+            let have = self.pool.lock().unwrap().len() + self.filling.load(Ordering::Relaxed);
+            if have >= self.pool_size {
+                return;
+            }
+            self.filling.fetch_add(1, Ordering::Relaxed);
+            let me = self.clone();
+            tokio::spawn(async move {
+                match me.make(None, me.pool_limits, "none".into()).await {
+                    Ok(mut sb) => match sb.start().await {
+                        Ok(()) if !me.closing.load(Ordering::Relaxed) => {
+                            // Hold the runtime's first connection from now
+                            // on: if the worker dies, the runtime sees it
+                            // close and the container exits.
+                            match tokio::net::UnixStream::connect(&sb.socket).await {
+                                Ok(c) => {
+                                    sb.pool_conn = Some(c);
+                                    me.pool.lock().unwrap().push(sb);
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot reach a pool container");
+                                    sb.remove().await;
+                                }
+                            }
+                        }
+                        Ok(()) => sb.remove().await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot start a pool container");
+                            sb.remove().await;
+                        }
+                    },
+                    Err(e) => tracing::warn!(error = %e, "cannot create a pool container"),
+                }
+                me.filling.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl SandboxManager for DockerManager {
+    async fn create(
+        &self,
+        code: &Arc<CodeVersion>,
+        limits: Limits,
+    ) -> Result<Box<dyn Sandbox>, SandboxError> {
+        let inner = &self.inner;
+        if let Some(sb) = inner.take_pooled(code, limits) {
+            inner.refill();
+            return Ok(Box::new(sb));
+        }
+        let network = match code.config.network {
+            Network::None => "none".to_string(),
+            Network::Egress => {
+                inner.ensure_egress().await?;
+                inner.egress_network.clone()
+            }
+        };
+        let sb = inner.make(Some(code), limits, network).await?;
+        inner.refill();
+        Ok(Box::new(sb))
+    }
+
     async fn pull(&self, name: &str) -> Result<Arc<CodeVersion>, RegistryError> {
-        self.registry.resolve(name).await
+        self.inner.registry.resolve(name).await
     }
 
     fn describe(&self) -> String {
-        let users = if self.uids.is_some() {
+        let inner = &self.inner;
+        let users = if inner.uids.is_some() {
             "one unprivileged uid per instance"
         } else {
             "the worker's own uid"
         };
         format!(
-            "docker sandboxes (engine {}, image {}): read-only root and code, no network unless ol.yaml asks for egress, all capabilities dropped, no-new-privileges, handlers run as {users}",
-            self.engine, self.image
+            "docker sandboxes (engine {}, image {}, {} pre-started): read-only root and code, no network unless ol.yaml asks for egress, all capabilities dropped, no-new-privileges, handlers run as {users}",
+            inner.engine, inner.image, inner.pool_size
         )
     }
 
     async fn shutdown(&self) {
-        match self.remove_labelled().await {
+        let inner = &self.inner;
+        inner.closing.store(true, Ordering::Relaxed);
+        // Pool containers being started are removed by their filler.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while inner.filling.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pooled: Vec<DockerSandbox> = inner.pool.lock().unwrap().drain(..).collect();
+        futures_util::future::join_all(
+            pooled
+                .into_iter()
+                .map(|mut sb| async move { sb.remove().await }),
+        )
+        .await;
+        match inner.remove_labelled().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(containers = n, "removed remaining containers"),
             Err(e) => tracing::warn!(error = %e, "cannot remove containers at shutdown"),
@@ -581,6 +751,17 @@ pub struct DockerSandbox {
     /// The tail of the runtime's stderr.
     log: Arc<Mutex<Vec<u8>>>,
     state: SandboxState,
+    /// A pool container's function, handed over by `start`.
+    init: Option<PendingInit>,
+    /// A pool container's connection to its waiting runtime.
+    pool_conn: Option<tokio::net::UnixStream>,
+}
+
+struct PendingInit {
+    code_dir: PathBuf,
+    env: Vec<(String, String)>,
+    /// Connected when taken from the pool (the runtime accepts it first).
+    conn: tokio::net::UnixStream,
 }
 
 impl DockerSandbox {
@@ -608,13 +789,13 @@ impl DockerSandbox {
             let mut stdout = Vec::new();
             while let Some(Ok(item)) = output.next().await {
                 match item {
-                    bollard::container::LogOutput::StdOut { message } => {
-                        if tx.is_some() {
-                            stdout.extend_from_slice(&message);
-                            if let Some(i) = stdout.iter().position(|&b| b == b'\n') {
-                                let line = String::from_utf8_lossy(&stdout[..=i]).into_owned();
-                                let _ = tx.take().unwrap().send(Some(line));
-                            }
+                    // Only the first line matters: the runtime sends
+                    // everything after `ready` to stderr.
+                    bollard::container::LogOutput::StdOut { message } if tx.is_some() => {
+                        stdout.extend_from_slice(&message);
+                        if let Some(i) = stdout.iter().position(|&b| b == b'\n') {
+                            let line = String::from_utf8_lossy(&stdout[..=i]).into_owned();
+                            let _ = tx.take().unwrap().send(Some(line));
                         }
                     }
                     bollard::container::LogOutput::StdErr { message } => {
@@ -646,6 +827,71 @@ impl DockerSandbox {
         let _ = tokio::time::timeout(limit, wait.next()).await;
     }
 
+    /// Gives a running pool container its function: links the code into
+    /// its scratch dir (read-only for the instance's user: files and dirs
+    /// stay root's) and sends the runtime the init frame.
+    async fn hand_over(&mut self, init: PendingInit) -> Result<(), SandboxError> {
+        let dest = self.dir.join("code");
+        let src = init.code_dir.clone();
+        let linked = tokio::task::spawn_blocking(move || link_tree(&src, &dest))
+            .await
+            .map_err(|e| SandboxError::Setup(format!("code link: {e}")))?;
+        linked.map_err(|e| {
+            SandboxError::Setup(format!("cannot link the code of {}: {e}", self.name))
+        })?;
+        let env: HashMap<_, _> = init.env.into_iter().collect();
+        let head = serde_json::json!({"init": {
+            "code": format!("{SCRATCH_IN_CONTAINER}/code"),
+            "name": self.name,
+            "env": env,
+        }});
+        let mut s = init.conn;
+        let exchange = async {
+            let head = serde_json::to_vec(&head)?;
+            let mut out = Vec::with_capacity(head.len() + 8);
+            out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+            out.extend_from_slice(&head);
+            out.extend_from_slice(&0u32.to_be_bytes());
+            s.write_all(&out).await?;
+            let reply = read_frame(&mut s).await?;
+            let body = read_frame(&mut s).await?;
+            Ok::<_, std::io::Error>((reply, body))
+        };
+        match tokio::time::timeout(self.start_timeout, exchange).await {
+            Ok(Ok((reply, body))) => {
+                let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
+                if reply["status"] == 200 {
+                    return Ok(());
+                }
+                let reason = reply["error"]
+                    .as_str()
+                    .unwrap_or("unknown error")
+                    .to_string();
+                self.stop().await;
+                Err(SandboxError::Load {
+                    name: self.name.clone(),
+                    reason,
+                    log: String::from_utf8_lossy(&body).into_owned(),
+                })
+            }
+            Ok(Err(_)) => {
+                let why = self.exit_reason().await;
+                Err(SandboxError::Crashed(format!(
+                    "runtime of {} died at start: {why}",
+                    self.name
+                )))
+            }
+            Err(_) => {
+                self.stop().await;
+                Err(SandboxError::Crashed(format!(
+                    "runtime of {} did not load within {} ms",
+                    self.name,
+                    self.start_timeout.as_millis()
+                )))
+            }
+        }
+    }
+
     fn give_back_uid(&mut self) {
         if let (Some(uid), Some(pool)) = (self.uid.take(), &self.uid_pool) {
             pool.lock().unwrap().push(uid);
@@ -668,7 +914,12 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn start(&mut self) -> Result<(), SandboxError> {
+        if let Some(init) = self.init.take() {
+            return self.hand_over(init).await;
+        }
+        let t0 = std::time::Instant::now();
         let ready = self.attach().await?;
+        let attached = t0.elapsed();
         self.docker
             .start_container(
                 &self.container,
@@ -683,8 +934,18 @@ impl Sandbox for DockerSandbox {
                 ))
             })?;
         self.state = SandboxState::Running;
+        let started = t0.elapsed();
         match tokio::time::timeout(self.start_timeout, ready).await {
-            Ok(Ok(Some(line))) if line == "ready\n" => Ok(()),
+            Ok(Ok(Some(line))) if line == "ready\n" => {
+                tracing::debug!(
+                    id = %self.id,
+                    attach_ms = attached.as_millis() as u64,
+                    start_ms = (started - attached).as_millis() as u64,
+                    ready_ms = (t0.elapsed() - started).as_millis() as u64,
+                    "container ready"
+                );
+                Ok(())
+            }
             Ok(Ok(Some(line))) if line.starts_with("error ") => {
                 let reason = line["error ".len()..].trim().to_string();
                 // The traceback may still be on its way.
@@ -817,4 +1078,38 @@ impl Drop for DockerSandbox {
             }
         }
     }
+}
+
+/// Recreates the tree `src` at `dst` with hard links (copies across file
+/// systems); directories are new, mode 0755, owned by the worker.
+fn link_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    fs::create_dir(dst)?;
+    fsutil::set_mode(dst, 0o755)?;
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            link_tree(&from, &to)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+        } else if fs::hard_link(&from, &to).is_err() {
+            fs::copy(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// One frame of the runtime's wire format (see `rpc`), at most 1 MiB.
+async fn read_frame(s: &mut tokio::net::UnixStream) -> std::io::Result<Vec<u8>> {
+    let n = s.read_u32().await? as usize;
+    if n > 1 << 20 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "oversized init reply",
+        ));
+    }
+    let mut buf = vec![0; n];
+    s.read_exact(&mut buf).await?;
+    Ok(buf)
 }
