@@ -1,0 +1,147 @@
+//! gRPC through the real ol-proxy to real ol-workers (h2c both sides): name
+//! inspection maps `/helloworld.Greeter/SayHello` to the function bound to
+//! the service (`examples/functions/greeter`), and a DB-affinity key read
+//! from the request message (`key = { protobuf = "1" }`, HelloRequest.name)
+//! keeps a name on one worker.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct HelloRequest {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct HelloReply {
+    #[prost(string, tag = "1")]
+    message: String,
+}
+
+async fn say_hello(ch: Channel, name: &str) -> Result<tonic::Response<HelloReply>, tonic::Status> {
+    let mut g = tonic::client::Grpc::new(ch);
+    g.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<HelloRequest, HelloReply>::default();
+    g.unary(
+        tonic::Request::new(HelloRequest { name: name.into() }),
+        http::uri::PathAndQuery::from_static("/helloworld.Greeter/SayHello"),
+        codec,
+    )
+    .await
+}
+
+fn worker_of(r: &tonic::Response<HelloReply>) -> String {
+    r.metadata()
+        .get("x-ol-worker")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-ol-worker")
+        .to_string()
+}
+
+struct Setup {
+    _workers: Vec<Proc>,
+    _proxy: Proc,
+    ch: Channel,
+}
+
+async fn setup() -> Setup {
+    let wports = [free_port(), free_port()];
+    let workers: Vec<Proc> = wports.iter().map(|p| start_worker(*p)).collect();
+    let ports = Ports::new();
+    let extra = r#"h2c = true
+
+[health]
+interval_ms = 200
+
+[routing]
+default_policy = "round-robin"
+[[routing.policies]]
+name = "db"
+kind = "db-affinity"
+key = { protobuf = "1" }
+[[routing.routes]]
+functions = ["greeter"]
+policy = "db"
+"#;
+    let proxy = start_proxy(&config(&ports, &wports, extra), &ports);
+    wait_healthy(ports.admin, "", 2);
+    let ch = Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.listen))
+        .unwrap()
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .expect("h2c to the proxy");
+    Setup {
+        _workers: workers,
+        _proxy: proxy,
+        ch,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn say_hello_through_the_proxy() {
+    let s = setup().await;
+    let r = say_hello(s.ch.clone(), "Ada").await.unwrap();
+    assert!(!worker_of(&r).is_empty());
+    assert_eq!(
+        r.metadata()
+            .get("x-ol-policy")
+            .and_then(|v| v.to_str().ok()),
+        Some("db")
+    );
+    assert_eq!(r.into_inner().message, "Hello Ada");
+    // Many calls multiplexed over the one h2c connection.
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let ch = s.ch.clone();
+            tokio::spawn(async move { say_hello(ch, &format!("n{i}")).await })
+        })
+        .collect();
+    for (i, c) in calls.into_iter().enumerate() {
+        let r = c.await.unwrap().unwrap();
+        assert_eq!(r.into_inner().message, format!("Hello n{i}"));
+    }
+    // An unbound service is the worker's UNIMPLEMENTED, passed through.
+    let mut g = tonic::client::Grpc::new(s.ch.clone());
+    g.ready().await.unwrap();
+    let e = g
+        .unary::<HelloRequest, HelloReply, _>(
+            tonic::Request::new(HelloRequest { name: "x".into() }),
+            http::uri::PathAndQuery::from_static("/nope.Nothing/Call"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.code() == tonic::Code::Unimplemented && e.message().contains("nope.Nothing"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_affinity_on_a_message_field_keeps_a_name_on_one_worker() {
+    let s = setup().await;
+    for name in ["alice", "bob"] {
+        let mut seen = HashSet::new();
+        for _ in 0..15 {
+            let r = say_hello(s.ch.clone(), name).await.unwrap();
+            seen.insert(worker_of(&r));
+            assert_eq!(r.into_inner().message, format!("Hello {name}"));
+        }
+        assert_eq!(seen.len(), 1, "{name} went to {seen:?}");
+    }
+    let mut all = HashSet::new();
+    for i in 0..30 {
+        let r = say_hello(s.ch.clone(), &format!("user{i}")).await.unwrap();
+        all.insert(worker_of(&r));
+    }
+    assert_eq!(all.len(), 2, "30 names all on {all:?}");
+}
