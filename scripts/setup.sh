@@ -5,8 +5,12 @@
 set -euo pipefail
 
 # Debian packages: cmake (pingora's zlib-ng), python3 for the function
-# runtime, wrk/nginx/haproxy for the side-by-side benchmarks, procps for ps.
-PKGS=(cmake python3 python3-minimal wrk nginx-light haproxy procps curl ca-certificates debootstrap)
+# runtime and python3-pip for functions' requirements.txt (the worker runs
+# `python3 -m pip`), wrk/nginx/haproxy for the side-by-side benchmarks,
+# procps for ps, debootstrap for the Docker sandbox's image (workers/image/build.sh) and
+# iptables for its egress network's firewall rules, chromium (headless) for
+# the screenshot of the experiments report in proxy/tests/experiments.rs.
+PKGS=(cmake python3 python3-minimal python3-pip wrk nginx-light haproxy procps curl ca-certificates debootstrap iptables chromium)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -36,6 +36,50 @@ pub struct FunctionConfig {
     /// (workers/GRPC.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcBinding>,
+    /// Makes the function's 2xx responses cacheable at the proxy
+    /// (`cache: {ttl_ms: 5000, methods: [GET, POST]}`): only for functions
+    /// whose result depends on nothing but the request and the code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<ResultCache>,
+}
+
+/// `cache:` in `ol.yaml`: how long the proxy keeps a result, and for which
+/// methods (`GET` when not given).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultCache {
+    pub ttl_ms: u64,
+    #[serde(default = "default_cache_methods")]
+    pub methods: Vec<String>,
+}
+
+fn default_cache_methods() -> Vec<String> {
+    vec!["GET".into()]
+}
+
+impl ResultCache {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.ttl_ms == 0 || self.ttl_ms > 86_400_000 {
+            return Err(Invalid::new("cache.ttl_ms", "must be 1 to 86400000"));
+        }
+        if self.methods.is_empty() {
+            return Err(Invalid::new("cache.methods", "list GET and/or POST"));
+        }
+        for m in &self.methods {
+            if !matches!(m.to_ascii_uppercase().as_str(), "GET" | "POST") {
+                return Err(Invalid::new(
+                    "cache.methods",
+                    format!("{m:?}: only GET and POST results are cached"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a request with this method may be answered from the cache.
+    pub fn allows(&self, method: &str) -> bool {
+        self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+    }
 }
 
 /// `grpc: {service: helloworld.Greeter, protos: [greeter.proto]}`.
@@ -171,6 +215,9 @@ impl FunctionConfig {
         if let Some(g) = &self.grpc {
             g.validate()?;
         }
+        if let Some(c) = &self.cache {
+            c.validate()?;
+        }
         for k in self.environment.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(Invalid::new(
@@ -251,6 +298,24 @@ mod tests {
         }
         let e = FunctionConfig::from_yaml("grpc: {service: a.B}").unwrap_err();
         assert!(e.contains("protos"), "{e}");
+    }
+
+    #[test]
+    fn cache_section_is_checked() {
+        let c = FunctionConfig::from_yaml("cache: {ttl_ms: 500, methods: [get, POST]}\n").unwrap();
+        let r = c.cache.unwrap();
+        assert!(r.allows("GET") && r.allows("post") && !r.allows("PUT"));
+        let c = FunctionConfig::from_yaml("cache: {ttl_ms: 500}\n").unwrap();
+        assert_eq!(c.cache.unwrap().methods, vec!["GET"]);
+        for (yaml, field) in [
+            ("cache: {ttl_ms: 0}", "cache.ttl_ms"),
+            ("cache: {ttl_ms: 5, methods: [PUT]}", "cache.methods"),
+            ("cache: {ttl_ms: 5, methods: []}", "cache.methods"),
+            ("cache: {ttl: 5}", "unknown field"),
+        ] {
+            let e = FunctionConfig::from_yaml(yaml).unwrap_err();
+            assert!(e.contains(field), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Everything here is plain data: no I/O beyond reading the file asked for.
 
 mod error;
+pub mod experiment;
 pub mod function;
 mod locate;
 mod name;
@@ -17,6 +18,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 pub use error::{ConfigError, Invalid};
+pub use experiment::{ArmConfig, Assign, ExperimentConfig};
 pub use function::FunctionConfig;
 pub use locate::toml_key_line;
 pub use name::{validate_function_name, MAX_NAME_LEN};

@@ -77,6 +77,73 @@ pub struct ProxyConfig {
     /// Paths outside `/run/` that are forwarded unchanged (first match
     /// wins); any other path answers 404.
     pub paths: Vec<PathRoute>,
+    /// Policy A/B experiments (`crate::experiment`).
+    pub experiments: Vec<crate::ExperimentConfig>,
+    /// The function cache and code store front (`/registry/` on the
+    /// public port); off while `backing` is empty.
+    pub code_store: CodeStoreConfig,
+    /// Responses of functions whose `ol.yaml` has a `cache` section.
+    pub result_cache: ResultCacheConfig,
+}
+
+/// `[code_store]`: where function packages come from, and how long the
+/// proxy trusts its cached copy (proxy/README.md, "Caches at the proxy").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CodeStoreConfig {
+    /// A directory (`<name>/` or `<name>.tar.gz`) or an http(s) URL that
+    /// serves the code store API (a worker's or another proxy's
+    /// `/registry`). Empty: no function cache, `/registry/` is not served.
+    pub backing: String,
+    /// A cached package is re-checked against the backing store after this.
+    pub ttl_ms: u64,
+    /// Bytes of packages (and their metadata) kept.
+    pub max_bytes: u64,
+    /// Largest upload (and largest package fetched).
+    pub max_upload_bytes: usize,
+    /// A worker that ran a function counts as holding it (and its
+    /// packages) warm for this long (the import index).
+    pub warm_ms: u64,
+}
+
+/// `[result_cache]`: bounds of the result cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResultCacheConfig {
+    /// Bytes of cached responses kept (bodies plus headers).
+    pub max_bytes: u64,
+    /// A response larger than this is served but not cached.
+    pub max_entry_bytes: usize,
+    /// How long a request waits for an identical one already upstream
+    /// before it goes upstream itself.
+    pub wait_ms: u64,
+    /// After a function's code changes, its results are not stored for
+    /// this long: workers may run the old code until they re-check their
+    /// registry (`registry_cache_ms`, 5000 by default).
+    pub settle_ms: u64,
+}
+
+impl Default for CodeStoreConfig {
+    fn default() -> Self {
+        CodeStoreConfig {
+            backing: String::new(),
+            ttl_ms: 2000,
+            max_bytes: 256 << 20,
+            max_upload_bytes: 64 << 20,
+            warm_ms: 60_000,
+        }
+    }
+}
+
+impl Default for ResultCacheConfig {
+    fn default() -> Self {
+        ResultCacheConfig {
+            max_bytes: 64 << 20,
+            max_entry_bytes: 1 << 20,
+            wait_ms: 10_000,
+            settle_ms: 5000,
+        }
+    }
 }
 
 /// The admin listener: `/metrics` and `/admin/status`, never on `listen`.
@@ -193,6 +260,9 @@ impl Default for ProxyConfig {
             limits: ProxyLimits::default(),
             routing: RoutingConfig::default(),
             paths: Vec::new(),
+            experiments: Vec::new(),
+            code_store: CodeStoreConfig::default(),
+            result_cache: ResultCacheConfig::default(),
         }
     }
 }
@@ -316,6 +386,29 @@ impl ProxyConfig {
                 ));
             }
         }
+        for (field, v) in [
+            ("code_store.ttl_ms", self.code_store.ttl_ms),
+            ("code_store.max_bytes", self.code_store.max_bytes),
+            (
+                "code_store.max_upload_bytes",
+                self.code_store.max_upload_bytes as u64,
+            ),
+            (
+                "result_cache.max_entry_bytes",
+                self.result_cache.max_entry_bytes as u64,
+            ),
+            ("result_cache.wait_ms", self.result_cache.wait_ms),
+        ] {
+            if v == 0 {
+                return Err(Invalid::new(field, "must be greater than 0"));
+            }
+        }
+        if self.result_cache.max_entry_bytes as u64 > self.result_cache.max_bytes {
+            return Err(Invalid::new(
+                "result_cache.max_entry_bytes",
+                "must be at most result_cache.max_bytes",
+            ));
+        }
         if !self.health.path.starts_with('/') {
             return Err(Invalid::new("health.path", "must start with /"));
         }
@@ -379,6 +472,7 @@ impl ProxyConfig {
                 ));
             }
         }
+        crate::experiment::validate(&self.experiments, &self.routing)?;
         Ok(())
     }
 }

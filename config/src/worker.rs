@@ -36,6 +36,10 @@ pub struct WorkerConfig {
     pub sandbox_user: SandboxUserConfig,
     /// The Docker backend (`sandbox = "docker"`); ignored by `process`.
     pub docker: DockerConfig,
+    /// Packages of functions' `requirements.txt` (process backend).
+    pub packages: PackagesConfig,
+    /// Zygotes: Python processes that fork new instances (process backend).
+    pub zygotes: ZygotesConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +112,107 @@ pub struct DockerConfig {
     pub egress_bridge: String,
     /// How long a container may take to start and load its function.
     pub start_timeout_ms: u64,
+    /// Containers kept started without a function, handed to the next
+    /// cold start of a function with default limits and no network
+    /// (0: every cold start creates a container).
+    pub pool_size: usize,
+}
+
+/// The worker's package store (`<work_dir>/packages/<name>-<version>`):
+/// each pinned package of a function's `requirements.txt` is installed
+/// there once, by `python -m pip` outside any sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PackagesConfig {
+    /// Longest one `pip install` may take before it is killed.
+    pub install_timeout_ms: u64,
+    /// A failed install is reported again, without running pip, for this
+    /// long; the next call after it tries again.
+    pub retry_after_ms: u64,
+}
+
+impl Default for PackagesConfig {
+    fn default() -> Self {
+        PackagesConfig {
+            install_timeout_ms: 300_000,
+            retry_after_ms: 10_000,
+        }
+    }
+}
+
+/// Zygotes (process backend): Python processes that have imported the
+/// runtime and a package set, and fork new instances instead of starting
+/// an interpreter (workers/src/sandbox/zygote.rs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZygotesConfig {
+    /// Fork cold starts from zygotes. Off by default: a cold start then
+    /// reports `start=zygote` instead of `start=cold`.
+    pub enabled: bool,
+    /// Package sets that get a zygote at start, each a list of
+    /// `name==version` pins, e.g. `[["six==1.16.0"]]`.
+    pub preload: Vec<Vec<String>>,
+    /// A package set used by this many cold starts gets a zygote (0: only
+    /// preloaded sets do).
+    pub popular_after: u32,
+    /// Most zygotes alive at once, the root zygote included.
+    pub max: usize,
+    /// Memory limit of each zygote (its instances have their own).
+    pub memory_mb: u64,
+}
+
+impl Default for ZygotesConfig {
+    fn default() -> Self {
+        ZygotesConfig {
+            enabled: false,
+            preload: Vec::new(),
+            popular_after: 2,
+            max: 8,
+            memory_mb: 256,
+        }
+    }
+}
+
+/// Splits one pinned requirement, `name==version`, into its normalized
+/// name (PEP 503: lower case, runs of `-_.` as one `-`) and its version.
+/// Anything else (ranges, URLs, extras, options) is refused: a pin names
+/// exactly one version, so the store can be keyed and shared by it.
+pub fn parse_pin(line: &str) -> Result<(String, String), String> {
+    let s = line.trim();
+    let Some((name, version)) = s.split_once("==") else {
+        return Err(format!("{s:?} is not pinned: write name==version"));
+    };
+    let (name, version) = (name.trim(), version.trim());
+    let name_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let version_ok = version
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+!-".contains(&b));
+    if !name_ok || !version_ok || version.contains("..") {
+        return Err(format!(
+            "{s:?} is not a plain pin: write name==version (no ranges, extras, markers or URLs)"
+        ));
+    }
+    let mut norm = String::with_capacity(name.len());
+    for c in name.chars() {
+        if "-_.".contains(c) {
+            if !norm.ends_with('-') {
+                norm.push('-');
+            }
+        } else {
+            norm.push(c.to_ascii_lowercase());
+        }
+    }
+    Ok((norm, version.to_string()))
 }
 
 impl Default for DockerConfig {
@@ -117,6 +222,7 @@ impl Default for DockerConfig {
             egress_network: "ol-edge-egress".into(),
             egress_bridge: "oledge0".into(),
             start_timeout_ms: 10_000,
+            pool_size: 2,
         }
     }
 }
@@ -136,6 +242,8 @@ impl Default for WorkerConfig {
             limits: LimitsConfig::default(),
             sandbox_user: SandboxUserConfig::default(),
             docker: DockerConfig::default(),
+            packages: PackagesConfig::default(),
+            zygotes: ZygotesConfig::default(),
         }
     }
 }
@@ -205,6 +313,11 @@ impl WorkerConfig {
             ("sandbox_user.uid_base", self.sandbox_user.uid_base as u64),
             ("sandbox_user.uid_count", self.sandbox_user.uid_count as u64),
             ("docker.start_timeout_ms", self.docker.start_timeout_ms),
+            (
+                "packages.install_timeout_ms",
+                self.packages.install_timeout_ms,
+            ),
+            ("zygotes.max", self.zygotes.max as u64),
         ];
         for (field, v) in positive {
             if v == 0 {
@@ -216,6 +329,17 @@ impl WorkerConfig {
                 "limits.memory_mb",
                 "below 16 MiB Python cannot start",
             ));
+        }
+        if self.zygotes.memory_mb < 16 {
+            return Err(Invalid::new(
+                "zygotes.memory_mb",
+                "below 16 MiB Python cannot start",
+            ));
+        }
+        for set in &self.zygotes.preload {
+            for pin in set {
+                parse_pin(pin).map_err(|e| Invalid::new("zygotes.preload", e))?;
+            }
         }
         if self.instances.evict_after_ms < self.instances.pause_after_ms {
             return Err(Invalid::new(
@@ -247,5 +371,26 @@ impl WorkerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zygote_preload_takes_pins_only() {
+        let text = "[zygotes]\nenabled = true\npreload = [[\"six==1.16.0\"], [\"requests\"]]\n";
+        let e = crate::parse_toml::<WorkerConfig>(std::path::Path::new("w.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("w.toml:3: zygotes.preload: \"requests\" is not pinned"),
+            "{e}"
+        );
+        assert_eq!(
+            parse_pin("Zope.Interface == 6.0"),
+            Ok(("zope-interface".into(), "6.0".into()))
+        );
     }
 }

@@ -65,7 +65,15 @@ impl Admin {
             "config": {
                 "version": snap.config.version,
                 "hash": format!("{:016x}", snap.config_hash),
+                "loaded_unix": snap.loaded.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                "loaded_ago_s": snap.loaded.elapsed().map_or(0.0, |d| d.as_secs_f64()),
             },
+            "reloads": {
+                "ok": crate::reload::RELOADS_OK.load(Ordering::Relaxed),
+                "failed": crate::reload::RELOADS_FAILED.load(Ordering::Relaxed),
+                "last": crate::reload::last(),
+            },
+            "experiments": snap.experiments.list.iter().map(|e| &e.name).collect::<Vec<_>>(),
             "uptime_s": self.state.started.elapsed().as_secs(),
             "in_flight": IN_FLIGHT.load(Ordering::Relaxed),
             "default_policy": snap.config.routing.default_policy,
@@ -128,6 +136,13 @@ impl Admin {
             "# HELP ol_proxy_in_flight Requests in flight.\n# TYPE ol_proxy_in_flight gauge\nol_proxy_in_flight {}",
             IN_FLIGHT.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP ol_proxy_reloads_total Config reloads (SIGHUP, POST /admin/reload) by result.\n# TYPE ol_proxy_reloads_total counter\nol_proxy_reloads_total{{result=\"ok\"}} {}\nol_proxy_reloads_total{{result=\"failed\"}} {}",
+            crate::reload::RELOADS_OK.load(Ordering::Relaxed),
+            crate::reload::RELOADS_FAILED.load(Ordering::Relaxed)
+        );
+        crate::caches::render(&mut out, &snap.workers);
         out
     }
 }
@@ -154,7 +169,15 @@ impl ServeHttp for Admin {
                 return r;
             }
         }
-        match session.req_header().uri.path() {
+        let path = session.req_header().uri.path().to_string();
+        if path == "/admin/reload" || path.starts_with("/admin/experiments") {
+            return crate::exp_page::admin(
+                &self.state,
+                session.req_header().method.as_str(),
+                &path,
+            );
+        }
+        match path.as_str() {
             "/metrics" => text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
@@ -169,7 +192,7 @@ impl ServeHttp for Admin {
                 StatusCode::NOT_FOUND,
                 "text/plain",
                 format!(
-                    "no admin page {}: try /metrics or /admin/status\n",
+                    "no admin page {}: try /metrics, /admin/status, /admin/experiments or POST /admin/reload\n",
                     p.chars().take(100).collect::<String>()
                 )
                 .into_bytes(),

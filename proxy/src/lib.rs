@@ -14,15 +14,27 @@
 //! - [`workers`]: per-worker atomics (health, in-flight, EWMA, stats).
 //! - [`health`]: health checks and DNS re-resolution (background service).
 //! - [`admin`]: `/metrics` and `/admin/status` on the admin listener.
+//! - [`reload`]: SIGHUP / `POST /admin/reload`: re-read, build, swap.
+//! - [`experiments`]: policy A/B experiments: arm assignment and statistics.
 //! - [`metrics`]: counters and histograms, Prometheus text.
+//! - [`caches`]: the caches at the proxy: [`codestore`] (function cache,
+//!   `/registry` front), [`result_cache`], [`import_index`].
 //! - [`local`]: local `ol-worker` children for the quickstart.
 //! - [`server`]: builds the pingora server from our config, and shutdown.
 
 pub mod admin;
+pub mod caches;
+pub mod codestore;
+pub mod exp_page;
+pub mod experiments;
+pub mod grpc;
 pub mod health;
+pub mod import_index;
 pub mod inspect;
 pub mod local;
 pub mod metrics;
+pub mod reload;
+pub mod result_cache;
 pub mod routing;
 pub mod server;
 pub mod service;

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let file_cfg = cfg.clone();
     if let Some(a) = cli.listen {
         cfg.listen = a;
     }
@@ -97,6 +98,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    proxy::reload::init(proxy::reload::Reloader::new(
+        cli.config.clone(),
+        file_cfg,
+        cfg.clone(),
+        local_workers.clone(),
+    ));
     run(Plan {
         config_hash: config_hash(&text),
         config: cfg,

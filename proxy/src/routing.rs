@@ -29,6 +29,14 @@ pub struct KeyNeeds {
 }
 
 impl KeyNeeds {
+    /// The protobuf field path, when a key must come from a gRPC message.
+    pub fn protobuf_path(&self) -> Option<&str> {
+        match (&self.db, &self.session) {
+            (Some(KeySource::Protobuf(p)), _) | (_, Some(KeySource::Protobuf(p))) => Some(p),
+            _ => None,
+        }
+    }
+
     /// The JSON path, when a key must come from the body.
     pub fn json_path(&self) -> Option<&str> {
         match (&self.db, &self.session) {
@@ -137,6 +145,13 @@ impl Routing {
     #[inline]
     pub fn pick(&self, id: PolicyId, req: &Request<'_>) -> Picks {
         self.set.routes()[id].pick(req, &View::new(&self.table))
+    }
+
+    /// One decision that also sees which workers hold what warm (the
+    /// proxy's import index).
+    #[inline]
+    pub fn pick_warm(&self, id: PolicyId, req: &Request<'_>, warm: &dyn policies::Warm) -> Picks {
+        self.set.routes()[id].pick(req, &View::with_warm(&self.table, warm))
     }
 }
 

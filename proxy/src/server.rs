@@ -87,6 +87,11 @@ pub fn run(plan: Plan) {
     server.bootstrap();
     let conf = server.configuration.clone();
 
+    if let Err(e) = crate::caches::init(&cfg) {
+        eprintln!("{e}");
+        crate::local::stop_all(WORKER_STOP_GRACE);
+        std::process::exit(2);
+    }
     let snap = match Snapshot::build(cfg, plan.config_hash, &plan.local_workers, None) {
         Ok(s) => s,
         Err(e) => {
@@ -96,6 +101,8 @@ pub fn run(plan: Plan) {
         }
     };
     let state = State::new(snap);
+    // Before any listener: SIGHUP's default action would end the process.
+    crate::reload::watch_sighup(state.clone());
 
     let mut opts = HttpServerOptions::default();
     opts.h2c = true;

@@ -5,12 +5,13 @@
 //! | hook (in pingora's order) | runs | ol-edge does |
 //! |---|---|---|
 //! | `new_ctx` | once per request, before anything is read past the header | counts the request in flight (for shutdown drain), starts the clock |
-//! | `request_filter` | after the request header is parsed | name inspection (`/run/<name>`, 400/404), loads the snapshot, extracts the policy's keys (cookie, header, query; the body only for a JSON path, 413 beyond the limit), asks the policy for an ordered list of healthy workers (503 when empty) |
+//! | `request_filter` | after the request header is parsed | name inspection (`/run/<name>`, 400/404), loads the snapshot, extracts the policy's keys (cookie, header, query; the body only for a JSON path, 413 beyond the limit); `/registry` from the function cache and result-cache hits (`caches.rs`); asks the policy (with the function's packages and the import index) for an ordered list of healthy workers (503 when empty) |
 //! | `upstream_peer` | before each connect attempt (again after a retryable failure) | takes the next worker of the order, holds an in-flight slot on it, builds the peer with the configured timeouts |
 //! | `fail_to_connect` | a connect attempt failed | counts a failed health check for the worker (passive health), and marks the error retryable while the policy's picks and `retries` allow; the next `upstream_peer` takes the next pick |
 //! | `error_while_proxy` | a failure after the request was sent | pingora's default: never retried for non-idempotent methods |
 //! | `upstream_response_body_filter` | each body chunk from the worker | enforces `timeouts.total_ms` |
-//! | `response_filter` | before the response header goes to the client | adds `x-ol-worker` and `x-ol-policy` |
+//! | `response_filter` | before the response header goes to the client | adds `x-ol-worker` and `x-ol-policy`; `x-ol-cache: miss` for a cacheable function, whose 2xx head the result cache keeps; the import index notes that the worker ran the function (`caches.rs`) |
+//! | `response_body_filter` | each body chunk to the client | the result cache collects a fill (bounded) and stores it at the end |
 //! | `fail_to_proxy` | the request failed for good | answers 502/503/504/400 with a one-line reason and the `x-ol-*` headers |
 //! | `logging` | at the end of every request | metrics by route, policy and worker; the worker's latency EWMA; releases the in-flight slot |
 //!
@@ -78,6 +79,12 @@ pub struct Ctx {
     upstream_started: Option<Instant>,
     deadline: Option<Instant>,
     retries: u64,
+    /// The caches' per-request state (`caches.rs`).
+    caches: crate::caches::CallState,
+    /// Experiment and arm (`crate::experiments`), when one applies.
+    arm: Option<(usize, usize)>,
+    /// The worker's `x-ol-timing`, parsed only for experiment calls.
+    timing: Option<crate::experiments::Timing>,
     _in_flight: InFlight,
 }
 
@@ -117,6 +124,31 @@ impl OlProxy {
         }
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await?;
+        Ok(())
+    }
+
+    /// Answers a gRPC call from the proxy itself: trailers-only, HTTP 200,
+    /// `grpc-status` `code` and a one-line `grpc-message`.
+    async fn answer_grpc(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        code: u8,
+        reason: &str,
+    ) -> Result<()> {
+        let msg: String = one_line(reason)
+            .bytes()
+            .map(|b| match b {
+                b' '..=b'~' if b != b'%' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let mut resp = ResponseHeader::build(200, Some(4))?;
+        resp.insert_header("content-type", "application/grpc")?;
+        resp.insert_header("grpc-status", code.to_string())?;
+        resp.insert_header("grpc-message", msg)?;
+        add_ol_headers(&mut resp, ctx)?;
+        session.write_response_header(Box::new(resp), true).await?;
         Ok(())
     }
 
@@ -185,6 +217,9 @@ impl ProxyHttp for OlProxy {
             upstream_started: None,
             deadline: None,
             retries: 0,
+            caches: Default::default(),
+            arm: None,
+            timing: None,
             _in_flight: InFlight::new(),
         }
     }
@@ -199,7 +234,23 @@ impl ProxyHttp for OlProxy {
             self.answer(session, ctx, 431, &msg, false).await?;
             return Ok(true);
         }
-        // Name inspection.
+        // The code store front: `/registry` from the function cache.
+        if let Some(code) = crate::caches::get().and_then(|c| c.code.as_ref()) {
+            let p = session.req_header().uri.path();
+            if p == "/registry" || p.starts_with("/registry/") {
+                code.serve(session).await?;
+                return Ok(true);
+            }
+        }
+        // Name inspection. A gRPC call routes as the function bound to its
+        // service (grpc.rs), like /run/<function>.
+        let grpc_fn = match crate::grpc::is_call(session.req_header()) {
+            true => match crate::grpc::service_of(session.req_header().uri.path()) {
+                Some(s) => crate::grpc::function_for(s, &snap).await,
+                None => None,
+            },
+            false => None,
+        };
         let (route, policy, prefix_len) = {
             let path = session.req_header().uri.path();
             match inspect::target(path) {
@@ -209,11 +260,28 @@ impl ProxyHttp for OlProxy {
                         self.answer(session, ctx, 400, &msg, true).await?;
                         return Ok(true);
                     }
-                    let (r, p) = snap.route_for_function(name);
+                    let (r, mut p) = snap.route_for_function(name);
+                    ctx.arm = snap.experiments.assign(name, session.req_header());
+                    if let Some((e, a)) = ctx.arm {
+                        p = snap.experiments.arm(e, a).policy;
+                    }
+                    (r, p, None)
+                }
+                Target::Other if grpc_fn.is_some() => {
+                    let (r, p) = snap.route_for_function(grpc_fn.as_deref().unwrap_or(""));
                     (r, p, None)
                 }
                 Target::Other => match snap.route_for_path(path) {
                     Some((len, r, p)) => (r, p, Some(len)),
+                    None if crate::grpc::is_call(session.req_header()) => {
+                        // A gRPC client reads a gRPC status, not a 404 page.
+                        let msg = format!(
+                            "unknown gRPC service or path {}: no function binds it",
+                            path.chars().take(200).collect::<String>()
+                        );
+                        self.answer_grpc(session, ctx, 12, &msg).await?;
+                        return Ok(true);
+                    }
                     None => {
                         let msg = format!(
                             "no route for {}: functions are called at /run/<name>",
@@ -228,10 +296,14 @@ impl ProxyHttp for OlProxy {
         ctx.route = route;
         ctx.policy = policy;
         let info = &snap.routing.policies[policy];
-        ctx.policy_header = Some(info.header.clone());
+        ctx.policy_header = Some(match ctx.arm {
+            Some((e, a)) => snap.experiments.arm(e, a).header.clone(),
+            None => info.header.clone(),
+        });
 
         // Content inspection: only when the policy needs a key in the body.
         let mut body_key: Option<Vec<u8>> = None;
+        let mut buffered: Option<Bytes> = None;
         if let Some(json_path) = info.needs.json_path() {
             let limit = snap.config.limits.inspect_body_bytes;
             match self.buffer_body(session, limit).await? {
@@ -242,7 +314,44 @@ impl ProxyHttp for OlProxy {
                     self.answer(session, ctx, 413, &msg, false).await?;
                     return Ok(true);
                 }
-                Some(body) => body_key = inspect::json_key(&body, json_path),
+                Some(body) => {
+                    body_key = inspect::json_key(&body, json_path);
+                    buffered = Some(body);
+                }
+            }
+        } else if let (Some(pb_path), true) = (info.needs.protobuf_path(), grpc_fn.is_some()) {
+            // A field of the call's first message (grpc.rs).
+            let limit = snap.config.limits.inspect_body_bytes;
+            match self.buffer_body(session, limit).await? {
+                None => {
+                    let msg = format!(
+                        "request body is larger than {limit} bytes, the limit for routing on its content"
+                    );
+                    self.answer(session, ctx, 413, &msg, false).await?;
+                    return Ok(true);
+                }
+                Some(body) => body_key = crate::grpc::protobuf_key(&body, pb_path),
+            }
+        }
+
+        // Caches (caches.rs): the function's package, and a result-cache
+        // hit answered here, before any worker is involved.
+        if let (Some(c), None, None) = (crate::caches::get(), prefix_len, &grpc_fn) {
+            let name = inspect_name(session.req_header().uri.path()).to_string();
+            let limit = snap.config.limits.inspect_body_bytes;
+            let header = ctx.policy_header.clone();
+            let before = c
+                .before_upstream(
+                    session,
+                    &mut ctx.caches,
+                    &name,
+                    buffered,
+                    limit,
+                    header.as_ref(),
+                )
+                .await?;
+            if let crate::caches::Before::Answered = before {
+                return Ok(true);
             }
         }
 
@@ -260,22 +369,29 @@ impl ProxyHttp for OlProxy {
         let req = session.req_header();
         let path = req.uri.path();
         let function = match prefix_len {
-            None => inspect_name(path),
+            None => grpc_fn.as_deref().unwrap_or_else(|| inspect_name(path)),
             Some(n) => &path[..n],
         };
         let key_of = |src: &Option<KeySource>| -> Option<&str> {
             let b = match src {
-                Some(KeySource::Json(_)) => body_key.as_deref(),
+                Some(KeySource::Json(_) | KeySource::Protobuf(_)) => body_key.as_deref(),
                 Some(s) => inspect::header_key(req, s),
                 None => None,
             };
             b.and_then(|b| std::str::from_utf8(b).ok())
         };
+        let mut pk = [policies::Package { name: "", cost: 0 }; crate::codestore::MAX_PACKAGES];
+        let n = ctx.caches.packages(&mut pk);
         let facts = Request::new(function)
+            .packages(&pk[..n])
             .method(req.method.as_str())
             .session(key_of(&info.needs.session))
             .db_key(key_of(&info.needs.db));
-        ctx.picks = snap.routing.pick(policy, &facts);
+        let warm = crate::import_index::WarmView {
+            workers: &snap.workers,
+            now: crate::import_index::now_ms(),
+        };
+        ctx.picks = snap.routing.pick_warm(policy, &facts, &warm);
         if ctx.picks.is_empty() {
             self.answer(session, ctx, 503, "no worker to route to", true)
                 .await?;
@@ -373,7 +489,29 @@ impl ProxyHttp for OlProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.arm.is_some() {
+            ctx.timing = resp
+                .headers
+                .get("x-ol-timing")
+                .and_then(|v| crate::experiments::parse_timing(v.as_bytes()));
+        }
+        let worker = match (&ctx.snap, ctx.worker) {
+            (Some(s), Some(i)) => s.workers.get(i),
+            _ => None,
+        };
+        crate::caches::on_response(&mut ctx.caches, resp, worker.map(|w| &**w))?;
         add_ol_headers(resp, ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        crate::caches::on_body(&mut ctx.caches, body, end_of_stream);
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -459,6 +597,13 @@ impl ProxyHttp for OlProxy {
         }
         if let Some(s) = snap.policy_stats.get(ctx.policy) {
             s.record(status, latency, error, ctx.retries);
+        }
+        if let Some((e, a)) = ctx.arm {
+            let worker = ctx.worker.map(|i| snap.workers[i].key.as_str());
+            snap.experiments
+                .arm(e, a)
+                .stats
+                .record(status, latency, error, worker, ctx.timing);
         }
         if let Some(i) = ctx.worker {
             snap.workers[i]

@@ -6,18 +6,19 @@
 //! increment) and uses it to the end, so it never sees a policy set built
 //! for one worker list and a worker list from another (worker indices in
 //! the policies' picks are only meaningful within one snapshot). DNS
-//! re-resolution swaps in a snapshot with a new worker list today; a SIGHUP
-//! reload (a later issue) will build a whole new snapshot with
-//! [`Snapshot::build`] and swap it the same way.
+//! re-resolution swaps in a snapshot with a new worker list; a reload
+//! (SIGHUP or `POST /admin/reload`, `crate::reload`) builds a whole new
+//! snapshot with [`Snapshot::build`] and swaps it the same way.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use config::{Invalid, ProxyConfig};
 
+use crate::experiments::Experiments;
 use crate::metrics::Stats;
 use crate::routing::{PolicyId, Routing};
 use crate::workers::{merge, Worker};
@@ -48,6 +49,11 @@ pub struct Snapshot {
     pub workers: Vec<Arc<Worker>>,
     /// Addresses that are always workers (static list, local workers).
     pub fixed: Arc<Vec<(SocketAddr, &'static str)>>,
+    /// Policy A/B experiments (`crate::experiments`); their arm stats
+    /// carry over rebuilds.
+    pub experiments: Arc<Experiments>,
+    /// When this config was loaded (start or reload).
+    pub loaded: SystemTime,
 }
 
 fn build_routing(config: &ProxyConfig, workers: &[Arc<Worker>]) -> Result<Routing, Invalid> {
@@ -91,12 +97,22 @@ impl Snapshot {
         let mut config = config;
         // `[[paths]]` may name built-ins that no route uses: make the set
         // build them too, as policies of their own.
-        for p in &config.paths {
-            if !config.routing.policies.iter().any(|d| d.name == p.policy) {
-                if let Some(config::policy::PolicyRef::Builtin(kind)) =
-                    config.routing.resolve(&p.policy)
-                {
-                    let pc = config::PolicyConfig::new(p.policy.clone(), kind);
+        // So may experiment arms.
+        let named: Vec<String> = config
+            .paths
+            .iter()
+            .map(|p| p.policy.clone())
+            .chain(
+                config
+                    .experiments
+                    .iter()
+                    .flat_map(|e| e.arms.iter().map(|a| a.policy.clone())),
+            )
+            .collect();
+        for p in &named {
+            if !config.routing.policies.iter().any(|d| &d.name == p) {
+                if let Some(config::policy::PolicyRef::Builtin(kind)) = config.routing.resolve(p) {
+                    let pc = config::PolicyConfig::new(p.clone(), kind);
                     config.routing.policies.push(pc);
                 }
             }
@@ -112,6 +128,7 @@ impl Snapshot {
         labels.extend(config.paths.iter().map(|p| format!("path:{}", p.prefix)));
         let stats = labels.iter().map(|_| Stats::default()).collect();
         let policy_stats = routing.policies.iter().map(|_| Stats::default()).collect();
+        let experiments = Experiments::build(&config, &routing, old.map(|o| &*o.experiments))?;
         Ok(Snapshot {
             paths: paths_of(&config, &routing),
             config: Arc::new(config),
@@ -121,6 +138,8 @@ impl Snapshot {
             policy_stats: Arc::new(policy_stats),
             workers,
             fixed: Arc::new(fixed),
+            experiments: Arc::new(experiments),
+            loaded: SystemTime::now(),
         })
     }
 
@@ -139,6 +158,8 @@ impl Snapshot {
             policy_stats: self.policy_stats.clone(),
             workers,
             fixed: self.fixed.clone(),
+            experiments: self.experiments.clone(),
+            loaded: self.loaded,
         })
     }
 

@@ -31,6 +31,8 @@ pub struct Worker {
     ok_streak: AtomicU32,
     fail_streak: AtomicU32,
     pub stats: Stats,
+    /// What the proxy believes this worker holds warm (the import index).
+    pub warm: crate::import_index::WorkerWarm,
 }
 
 impl Worker {
@@ -47,6 +49,7 @@ impl Worker {
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
             stats: Stats::default(),
+            warm: Default::default(),
         })
     }
 

@@ -1,8 +1,10 @@
 """ol-edge Python runtime: runs one function instance inside a sandbox.
 
 The worker starts it as
-    python3 -I -S ol_runtime.py --code DIR --socket PATH
-It imports DIR/f.py, binds a unix socket at PATH, prints "ready" on stdout
+    python3 -I -S ol_runtime.py --code DIR --socket PATH [--name NAME]
+                                [--packages DIR:DIR...]
+It puts the --packages directories (the worker's package store) on
+sys.path, imports DIR/f.py, binds a unix socket at PATH, prints "ready" on stdout
 (or "error <one line>" and the traceback on stderr if the import failed)
 and then serves one connection from the worker, one call at a time.
 
@@ -12,6 +14,13 @@ A call is two frames, a JSON head and the raw body; so is a reply.
   reply head: {"status", "headers": [[k, v], ...]}
 A module-level `f(event)` gets the body parsed as JSON (empty: {}) and its
 return value goes back as JSON. A module-level WSGI `app` gets the request.
+
+Without --code (a pre-started instance of the Docker sandbox's pool) it
+prints "ready" once listening and takes its function from the first
+connection: one frame pair, head {"init": {"code", "name", "env"}} and an
+empty body; it answers {"status": 200} once the function is loaded, or
+{"status": 500, "error": "<one line>"} with the traceback as body and
+exits; then it serves the next connection as above.
 """
 
 import json
@@ -132,11 +141,56 @@ def _serve(conn, mode, fn, name):
         conn.sendall(b"".join((_LEN.pack(len(h)), h, _LEN.pack(len(rbody)), rbody)))
 
 
+def _frame(rfile):
+    n = rfile.read(4)
+    if len(n) < 4:
+        raise EOFError("connection closed")
+    return rfile.read(_LEN.unpack(n)[0])
+
+
+def _deferred(sock_path, ready):
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock_path)
+    srv.listen(1)
+    ready.write("ready\n")
+    ready.flush()
+    ready.close()
+    conn, _ = srv.accept()
+    rfile = conn.makefile("rb", buffering=0)
+    try:
+        init = json.loads(_frame(rfile))["init"]
+        _frame(rfile)
+    except EOFError:  # the worker went away before handing a function over
+        return 0
+    name = init.get("name", "f")
+    os.environ.update(init.get("env") or {})
+    try:
+        mode, fn = _load(init["code"])
+    except BaseException as e:
+        detail = _format_exc()
+        sys.stderr.write(detail)
+        head = json.dumps({"status": 500, "error": f"{type(e).__name__}: {e}".replace("\n", " ")}).encode()
+        body = detail.encode()
+        conn.sendall(b"".join((_LEN.pack(len(head)), head, _LEN.pack(len(body)), body)))
+        return 1
+    head = json.dumps({"status": 200}).encode()
+    conn.sendall(b"".join((_LEN.pack(len(head)), head, _LEN.pack(0))))
+    conn.close()
+    conn, _ = srv.accept()
+    srv.close()
+    _serve(conn, mode, fn, name)
+    return 0
+
+
 def main(argv):
     args = dict(zip(argv[1::2], argv[2::2]))
-    code, sock_path, name = args["--code"], args["--socket"], args.get("--name", "f")
+    code, sock_path, name = args.get("--code"), args["--socket"], args.get("--name", "f")
+    if args.get("--packages"):
+        sys.path[0:0] = [p for p in args["--packages"].split(os.pathsep) if p not in sys.path]
     ready = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # the handler's prints go to the log, not the ready pipe
+    if code is None:
+        return _deferred(sock_path, ready)
     try:
         mode, fn = _load(code)
     except BaseException as e:

@@ -336,6 +336,9 @@ impl HandlerSet {
             .instrument(tracing::debug_span!("sandbox.create", function = %code.name))
             .await;
         timing.create = t.elapsed();
+        if inst.as_ref().is_ok_and(|i| i.sandbox.forked()) {
+            timing.start = Start::Zygote;
+        }
         inst
     }
 

@@ -5,7 +5,9 @@
 
 pub mod archive;
 mod fsutil;
+pub mod grpc;
 pub mod handler;
+pub mod packages;
 pub mod registry;
 pub mod sandbox;
 pub mod server;

@@ -66,6 +66,9 @@ pub struct Registry {
     recheck: Duration,
     max_upload: usize,
     cache: Mutex<HashMap<String, Cached>>,
+    /// Bumped by every upload and delete through this worker (the gRPC
+    /// service index rebuilds when it moved).
+    changes: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -98,7 +101,23 @@ impl Registry {
             recheck,
             max_upload,
             cache: Mutex::new(HashMap::new()),
+            changes: Default::default(),
         })
+    }
+
+    /// How long fetched code is trusted (`registry_cache_ms`).
+    pub fn recheck(&self) -> Duration {
+        self.recheck
+    }
+
+    /// A counter of uploads and deletes made through this worker.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The current version of `name`: from the local cache while it is
@@ -138,6 +157,9 @@ impl Registry {
         }
         let config =
             read_function_config(&dir).map_err(|e| RegistryError::Broken(name.into(), e))?;
+        // A gRPC binding's protos are compiled at load (and cached for calls).
+        crate::grpc::protos::load(name, &dir, &config)
+            .map_err(|e| RegistryError::Broken(name.into(), e))?;
         let code = Arc::new(CodeVersion {
             name: name.to_string(),
             version,
@@ -268,7 +290,8 @@ impl Registry {
     }
 
     /// Installs an uploaded package. It is checked completely first (it
-    /// unpacks safely, has `f.py`, its `ol.yaml` is valid); only then is
+    /// unpacks safely, has `f.py`, its `ol.yaml` is valid, the protos of its
+    /// `grpc` binding compile and define the service); only then is
     /// it written, with an atomic rename. A refused upload changes nothing.
     pub async fn upload(self: &Arc<Self>, name: &str, bytes: Vec<u8>) -> Result<(), RegistryError> {
         if bytes.len() > self.max_upload {
@@ -284,7 +307,8 @@ impl Registry {
             let check = this.tmp_dir("upload");
             let res = archive::unpack(&bytes, &check, this.max_unpacked())
                 .map_err(|e| e.to_string())
-                .and_then(|()| read_function_config(&check).map(|_| ()));
+                .and_then(|()| read_function_config(&check))
+                .and_then(|cfg| crate::grpc::protos::check(&check, &cfg));
             let _ = fs::remove_dir_all(&check);
             res.map_err(RegistryError::Invalid)?;
             match &this.store {
@@ -309,6 +333,7 @@ impl Registry {
                 }
             }
             this.cache.lock().unwrap().remove(&name);
+            this.changed();
             tracing::info!(function = %name, bytes = bytes.len(), "code uploaded");
             Ok(())
         })
@@ -350,6 +375,7 @@ impl Registry {
                 }
             }
             this.cache.lock().unwrap().remove(&name);
+            this.changed();
             Ok(())
         })
         .await

@@ -11,6 +11,10 @@
 //! | `GET /registry/<name>/config`| its `ol.yaml` as JSON                  |
 //! | `POST /registry/<name>`      | install a `.tar.gz` (201)              |
 //! | `DELETE /registry/<name>`    | remove it (204)                        |
+//!
+//! Requests with `content-type: application/grpc*`, and `GET /grpc/...`
+//! (bindings and descriptors for proxies), go to `crate::grpc` instead
+//! (workers/GRPC.md).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -48,6 +52,7 @@ pub async fn serve(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
+    let grpc = crate::grpc::Grpc::new(&app);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -55,9 +60,19 @@ pub async fn serve(
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
+                let grpc = grpc.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let app = app.clone();
-                    async move { Ok::<_, Infallible>(handle(&app, req).await) }
+                    let grpc = grpc.clone();
+                    async move {
+                        // gRPC calls and GET /grpc/... go to the gRPC front.
+                        let resp = if crate::grpc::is_grpc(&req) {
+                            grpc.handle(req).await.map(Either::Right)
+                        } else {
+                            handle(&app, req).await.map(Either::Left)
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
@@ -105,12 +120,13 @@ async fn handle(app: &App, req: Request<Incoming>) -> Resp {
 }
 
 /// Splits `<name>[/sub...]` and validates the name.
-fn split_name(rest: &str) -> Result<(&str, &str), Resp> {
+fn split_name(rest: &str) -> Result<(&str, &str), Box<Resp>> {
     let (name, sub) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
-    config::validate_function_name(name).map_err(|e| text(StatusCode::BAD_REQUEST, &e))?;
+    config::validate_function_name(name)
+        .map_err(|e| Box::new(text(StatusCode::BAD_REQUEST, &e)))?;
     Ok((name, sub))
 }
 
@@ -118,7 +134,7 @@ async fn run(app: &App, rest: &str, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
     let (name, sub) = match split_name(rest) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (parts, body) = req.into_parts();
     let body = match read_body(body, &parts.headers, app.max_body).await {

@@ -32,6 +32,9 @@ pub enum Start {
     Warm,
     /// A paused instance was resumed.
     Unpaused,
+    /// A new instance was forked from a zygote (process backend): a cold
+    /// start without interpreter start-up or the zygote's imports.
+    Zygote,
 }
 
 impl Start {
@@ -41,6 +44,7 @@ impl Start {
             Start::Cold => "cold",
             Start::Warm => "warm",
             Start::Unpaused => "unpaused",
+            Start::Zygote => "zygote",
         }
     }
 }
@@ -96,7 +100,7 @@ macro_rules! stats {
                     m.insert(concat!($tn, ".ms-avg").into(), ((avg * 1000.0).round() / 1000.0).into());
                 )*
                 $( m.insert($cn.into(), self.$c.load(Relaxed).into()); )*
-                for (k, v) in extra {
+                for (k, v) in BACKEND.pairs().iter().chain(extra) {
                     m.insert((*k).into(), (*v).into());
                 }
                 serde_json::Value::Object(m).to_string()
@@ -109,11 +113,48 @@ stats! {
     timers: queue = "queue", create = "sandbox-create", unpause = "sandbox-unpause",
             run = "handler-run", total = "run";
     counters: cold_starts = "starts.cold", warm_starts = "starts.warm",
-              unpaused_starts = "starts.unpaused", status_2xx = "status.2xx",
+              unpaused_starts = "starts.unpaused", zygote_starts = "starts.zygote",
+              status_2xx = "status.2xx",
               status_4xx = "status.4xx", status_5xx = "status.5xx",
               queue_full = "rejected.queue-full", timeouts = "errors.timeout",
               crashes = "errors.crash", load_errors = "errors.load",
               pauses = "instances.paused-total", evictions = "instances.evicted-total",
+}
+
+/// Counters kept by a sandbox backend rather than the handler set (the
+/// process backend's package store and zygotes), shown in `/stats`. A
+/// process-wide static: the backend is created before the handler set
+/// and there is one worker per process.
+pub struct BackendCounters {
+    pub packages_installed: AtomicU64,
+    pub packages_failed: AtomicU64,
+    pub zygotes_created: AtomicU64,
+    pub zygotes_live: AtomicU64,
+    /// Cold starts that wanted a zygote but had to start a fresh process.
+    pub zygote_fallbacks: AtomicU64,
+}
+
+pub static BACKEND: BackendCounters = BackendCounters {
+    packages_installed: AtomicU64::new(0),
+    packages_failed: AtomicU64::new(0),
+    zygotes_created: AtomicU64::new(0),
+    zygotes_live: AtomicU64::new(0),
+    zygote_fallbacks: AtomicU64::new(0),
+};
+
+impl BackendCounters {
+    fn pairs(&self) -> [(&'static str, u64); 5] {
+        [
+            ("packages.installed", self.packages_installed.load(Relaxed)),
+            (
+                "packages.install-failed",
+                self.packages_failed.load(Relaxed),
+            ),
+            ("zygotes.created", self.zygotes_created.load(Relaxed)),
+            ("zygotes.live", self.zygotes_live.load(Relaxed)),
+            ("zygotes.fallbacks", self.zygote_fallbacks.load(Relaxed)),
+        ]
+    }
 }
 
 impl Stats {
@@ -132,10 +173,11 @@ impl Stats {
             Start::Cold => &self.cold_starts,
             Start::Warm => &self.warm_starts,
             Start::Unpaused => &self.unpaused_starts,
+            Start::Zygote => &self.zygote_starts,
         };
         c.fetch_add(1, Relaxed);
         self.queue.record(t.queue);
-        if t.start == Start::Cold {
+        if matches!(t.start, Start::Cold | Start::Zygote) {
             self.create.record(t.create);
         }
         if t.start == Start::Unpaused {

@@ -50,7 +50,7 @@ impl Cgroups {
             // The worker's own cgroup in this hierarchy, if visible.
             let rel = own
                 .lines()
-                .filter_map(|l| l.splitn(3, ':').nth(1).zip(l.splitn(3, ':').nth(2)))
+                .filter_map(|l| l.split_once(':').and_then(|(_, rest)| rest.split_once(':')))
                 .find(|(ctrls, _)| ctrls.split(',').any(|x| x == c))
                 .map(|(_, p)| p.trim_start_matches('/').to_string())
                 .unwrap_or_default();
@@ -59,6 +59,7 @@ impl Cgroups {
             } else {
                 mount.clone()
             };
+            remove_stale(&base);
             let dir = base.join(&tag);
             match fs::create_dir_all(&dir) {
                 Ok(()) => parents.push((c, dir)),
@@ -186,8 +187,11 @@ impl Cgroups {
 
     /// Removes the worker's cgroups at exit, killing whatever is left in them.
     pub fn cleanup(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
         for (_, d) in &self.parents {
-            remove_tree(d);
+            if !remove_tree(d, deadline) {
+                tracing::warn!(cgroup = %d.display(), "cgroup still busy at exit; the next start removes it");
+            }
         }
     }
 }
@@ -311,33 +315,39 @@ fn remove_stale(base: &Path) {
             .and_then(|p| p.split('-').next());
         if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) {
             if !Path::new(&format!("/proc/{pid}")).exists() {
-                tracing::info!(cgroup = %e.path().display(), "removing a dead worker's cgroup");
-                remove_tree(&e.path());
+                // One try, no waiting: a cgroup that still holds zombies
+                // (reaped by nobody) stays until they go; it costs nothing.
+                if !remove_tree(&e.path(), std::time::Instant::now()) {
+                    tracing::debug!(cgroup = %e.path().display(), "a dead worker's cgroup is still busy");
+                }
             }
         }
     }
 }
 
-/// Kills the processes of a cgroup and its children, then removes them.
-fn remove_tree(dir: &Path) {
+/// Kills the processes of a cgroup and its children, then removes them,
+/// retrying until `deadline` (a memory cgroup can stay busy briefly after
+/// its last task died). Whether it is gone.
+fn remove_tree(dir: &Path, deadline: std::time::Instant) -> bool {
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_tree(&e.path());
+                remove_tree(&e.path(), deadline);
             }
         }
     }
     let _ = fs::write(dir.join("freezer.state"), "THAWED");
     let _ = fs::write(dir.join("cgroup.freeze"), "0");
-    for _ in 0..50 {
+    loop {
         if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
             for pid in s.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
         match fs::remove_dir(dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+            Ok(()) => return true,
+            Err(_) if std::time::Instant::now() >= deadline => return false,
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod docker;
 pub mod process;
 pub mod rpc;
+pub mod zygote;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -95,6 +96,11 @@ pub trait Sandbox: Send + Sync {
     fn logs(&self, max_bytes: usize) -> String;
     /// After the runtime died: why (exit status, killed by the memory limit).
     async fn exit_reason(&mut self) -> String;
+    /// Whether this instance was forked from a zygote (`start=zygote`)
+    /// rather than started as a new process.
+    fn forked(&self) -> bool {
+        false
+    }
 }
 
 /// Creates sandboxes of one backend, and pulls code for them.
