@@ -336,15 +336,20 @@ impl ProxyHttp for OlProxy {
 
         // Caches (caches.rs): the function's package, and a result-cache
         // hit answered here, before any worker is involved.
-        if let (Some(c), None, None) = (crate::caches::get(), prefix_len, &grpc_fn) {
-            let name = inspect_name(session.req_header().uri.path()).to_string();
+        let code_store = crate::caches::get().filter(|c| c.code.is_some());
+        if let (Some(c), None, None) = (code_store, prefix_len, &grpc_fn) {
+            // The name, copied to the stack (the session is borrowed below).
+            let mut nb = [0u8; config::MAX_NAME_LEN];
+            let src = inspect_name(session.req_header().uri.path()).as_bytes();
+            nb[..src.len()].copy_from_slice(src);
+            let name = std::str::from_utf8(&nb[..src.len()]).unwrap_or("");
             let limit = snap.config.limits.inspect_body_bytes;
             let header = ctx.policy_header.clone();
             let before = c
                 .before_upstream(
                     session,
                     &mut ctx.caches,
-                    &name,
+                    name,
                     buffered,
                     limit,
                     header.as_ref(),
@@ -391,7 +396,12 @@ impl ProxyHttp for OlProxy {
             workers: &snap.workers,
             now: crate::import_index::now_ms(),
         };
+        let function_hash = facts.function_hash();
         ctx.picks = snap.routing.pick_warm(policy, &facts, &warm);
+        if prefix_len.is_none() {
+            // The import index learns from the response (caches::on_response).
+            ctx.caches.function_hash = function_hash;
+        }
         if ctx.picks.is_empty() {
             self.answer(session, ctx, 503, "no worker to route to", true)
                 .await?;

@@ -128,13 +128,20 @@ impl Drop for Proc {
 
 /// Starts a real `ol-worker` on `port` and waits until `/status` is ready.
 pub fn start_worker(port: u16) -> Proc {
+    start_worker_with(port, registry().to_str().unwrap(), &[])
+}
+
+/// Starts a real `ol-worker` with this `--registry` (a directory or a
+/// URL, e.g. a proxy's `/registry`) and `extra` flags; waits for `/status`.
+pub fn start_worker_with(port: u16, registry: &str, extra: &[&str]) -> Proc {
     let dir = temp_dir("worker");
     let log = dir.join("worker.log");
     let child = Command::new(worker_bin())
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--registry")
-        .arg(registry())
+        .arg(registry)
+        .args(extra)
         .arg("--sandbox")
         .arg("process")
         .arg("--work-dir")

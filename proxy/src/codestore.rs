@@ -1,0 +1,932 @@
+//! The function cache and the code store front (`[code_store]`).
+//!
+//! Why at the proxy: every worker fetches every function it runs from the
+//! code store; with the proxy as their `--registry` (`http://<proxy>/registry`)
+//! a package is read (or packed) once per TTL for the whole fleet, and the
+//! proxy learns each function's metadata on the way: its `ol.yaml` (the
+//! result cache's policy), its pinned `requirements.txt` and the top-level
+//! imports of `f.py` (the package set `code-locality` hashes over).
+//!
+//! - Entries are keyed by name; each holds one version (the first 16 hex
+//!   digits of the package's SHA-256, the same rule as the workers'
+//!   registry, so both sides name a version alike). A moka cache bounds
+//!   them by bytes (weigher: package bytes plus metadata) and drops them
+//!   `ttl_ms` after they were fetched, so the next request re-reads the
+//!   backing store: a changed package is served as its new version, a
+//!   vanished one answers 404. Concurrent loads of one name are one load
+//!   (moka's `try_get_with`). A function the store does not have is cached
+//!   as absent for the TTL too, so unknown names do not hit the store per
+//!   request.
+//! - The backing store is a directory (`<name>.tar.gz` wins over a
+//!   `<name>/` directory, which is packed deterministically the way the
+//!   workers pack it) or an http(s) URL serving the same API.
+//! - Uploads (`POST`/`PUT /registry/<name>`) are checked here before they
+//!   touch the store (valid name, size limit, gzip, a safe tar with `f.py`,
+//!   a valid `ol.yaml`), then written with an atomic rename (directory) or
+//!   passed on (URL, whose own checks apply too); `DELETE` goes through.
+//!   Both invalidate the cached entry. A refused upload changes nothing.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use config::proxy::CodeStoreConfig;
+use config::FunctionConfig;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use sha2::{Digest, Sha256};
+
+use crate::caches::{read_body, BodyRead};
+
+/// Most package names (requirements plus imports) kept per function.
+pub const MAX_PACKAGES: usize = 8;
+
+/// One version of one function, with what the proxy learned from it.
+#[derive(Debug)]
+pub struct FnPackage {
+    pub name: String,
+    /// First 16 hex digits of the package's SHA-256.
+    pub version: String,
+    /// The `.tar.gz` bytes, as served to workers.
+    pub bytes: Bytes,
+    /// Its `ol.yaml` (default when absent or invalid).
+    pub config: FunctionConfig,
+    /// `config` as JSON (`GET /registry/<name>/config`).
+    pub config_json: Bytes,
+    /// Why `ol.yaml` did not parse, if it did not.
+    pub config_error: Option<String>,
+    /// Pinned requirement lines of `requirements.txt` (`name==1.2`).
+    pub requirements: Vec<String>,
+    /// Top-level modules `f.py` imports (`import x`, `from x import y`).
+    pub imports: Vec<String>,
+    /// The package set for routing: third-party imports and requirement
+    /// names (lower case), heaviest first, with a relative import cost.
+    pub packages: Vec<(String, u32)>,
+    /// When the proxy first saw this version replace another one (None:
+    /// the first version it knew). Workers may still run the old code for
+    /// their `registry_cache_ms` after a change.
+    pub changed_at: Option<Instant>,
+}
+
+impl FnPackage {
+    fn weight(&self) -> u32 {
+        let meta: usize = self
+            .requirements
+            .iter()
+            .chain(&self.imports)
+            .map(|s| s.len() + 24)
+            .sum();
+        (self.bytes.len() + self.config_json.len() + meta + 256).min(u32::MAX as usize) as u32
+    }
+
+    /// Whether results of this version may be cached now: not while workers
+    /// may still run the version it replaced.
+    pub fn settled(&self, settle: Duration) -> bool {
+        self.changed_at.is_none_or(|t| t.elapsed() >= settle)
+    }
+}
+
+#[derive(Debug)]
+enum Backing {
+    Dir(PathBuf),
+    Http(String),
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct StoreStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub load_errors: AtomicU64,
+    pub uploads: AtomicU64,
+    pub uploads_refused: AtomicU64,
+    pub deletes: AtomicU64,
+}
+
+/// The function cache in front of one backing store.
+pub struct CodeStore {
+    backing: Backing,
+    max_upload: usize,
+    cache: moka::future::Cache<String, Option<Arc<FnPackage>>>,
+    /// Last version seen per name, and when it replaced another one.
+    seen: Mutex<HashMap<String, (String, Option<Instant>)>>,
+    pub stats: StoreStats,
+}
+
+/// A load failure (the store is down or broken): 502, never cached.
+#[derive(Debug, Clone)]
+pub struct StoreError(pub String);
+
+impl CodeStore {
+    pub fn new(cfg: &CodeStoreConfig) -> Result<CodeStore, String> {
+        let b = cfg.backing.trim();
+        let backing = if b.starts_with("http://") || b.starts_with("https://") {
+            Backing::Http(b.trim_end_matches('/').to_string())
+        } else {
+            let p = PathBuf::from(b);
+            if !p.is_dir() {
+                return Err(format!(
+                    "code_store.backing: {b:?} is neither a directory nor an http(s) URL"
+                ));
+            }
+            Backing::Dir(p.canonicalize().map_err(|e| e.to_string())?)
+        };
+        let cache = moka::future::Cache::builder()
+            .max_capacity(cfg.max_bytes)
+            .weigher(|_k: &String, v: &Option<Arc<FnPackage>>| {
+                v.as_ref().map_or(64, |p| p.weight())
+            })
+            .time_to_live(Duration::from_millis(cfg.ttl_ms))
+            .build();
+        Ok(CodeStore {
+            backing,
+            max_upload: cfg.max_upload_bytes,
+            cache,
+            seen: Mutex::new(HashMap::new()),
+            stats: StoreStats::default(),
+        })
+    }
+
+    /// Cached entries and their weighed bytes.
+    pub fn size(&self) -> (u64, u64) {
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+
+    /// The current version of `name` (`Ok(None)`: the store has none).
+    /// `name` must be validated.
+    pub async fn get(&self, name: &str) -> Result<Option<Arc<FnPackage>>, StoreError> {
+        if let Some(hit) = self.cache.get(name).await {
+            self.stats.hits.fetch_add(1, Relaxed);
+            return Ok(hit);
+        }
+        self.stats.misses.fetch_add(1, Relaxed);
+        let r = self
+            .cache
+            .try_get_with(name.to_string(), self.load(name))
+            .await
+            .map_err(|e: Arc<StoreError>| (*e).clone());
+        if r.is_err() {
+            self.stats.load_errors.fetch_add(1, Relaxed);
+        }
+        r
+    }
+
+    /// Forgets `name` (after an upload or delete through the proxy).
+    pub async fn invalidate(&self, name: &str) {
+        self.cache.invalidate(name).await;
+    }
+
+    async fn load(&self, name: &str) -> Result<Option<Arc<FnPackage>>, StoreError> {
+        let bytes = self.fetch(name).await?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        let name_owned = name.to_string();
+        let mut pkg = tokio::task::spawn_blocking(move || describe(&name_owned, bytes))
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        {
+            let mut seen = self.seen.lock().unwrap();
+            match seen.get_mut(name) {
+                Some((v, at)) if *v != pkg.version => {
+                    *v = pkg.version.clone();
+                    *at = Some(Instant::now());
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(name.to_string(), (pkg.version.clone(), None));
+                }
+            }
+            pkg.changed_at = seen[name].1;
+        }
+        Ok(Some(Arc::new(pkg)))
+    }
+
+    /// The package bytes from the backing store.
+    async fn fetch(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
+        let limit = self.max_upload as u64;
+        match &self.backing {
+            Backing::Dir(root) => {
+                let root = root.clone();
+                let name = name.to_string();
+                blocking(move || read_dir_package(&root, &name)).await
+            }
+            Backing::Http(base) => {
+                let url = format!("{base}/{name}.tar.gz");
+                blocking(move || match ureq::get(&url).call() {
+                    Ok(mut r) => r
+                        .body_mut()
+                        .with_config()
+                        .limit(limit)
+                        .read_to_vec()
+                        .map(|v| Some(Bytes::from(v)))
+                        .map_err(|e| StoreError(format!("GET {url}: {e}"))),
+                    Err(ureq::Error::StatusCode(404)) => Ok(None),
+                    Err(e) => Err(StoreError(format!("GET {url}: {e}"))),
+                })
+                .await
+            }
+        }
+    }
+
+    /// Serves the code store API on `/registry...` from the cache.
+    pub async fn serve(&self, session: &mut Session) -> Result<()> {
+        let path = session.req_header().uri.path().to_string();
+        let method = session.req_header().method.clone();
+        let rest = path
+            .strip_prefix("/registry")
+            .unwrap_or("")
+            .trim_start_matches('/');
+        if rest.is_empty() {
+            if method != http::Method::GET {
+                return reply(
+                    session,
+                    405,
+                    "text/plain",
+                    "the registry list only answers GET\n".into(),
+                )
+                .await;
+            }
+            return match self.list().await {
+                Ok(names) => {
+                    let body = serde_json::to_vec(&names).unwrap_or_default();
+                    reply(session, 200, "application/json", body.into()).await
+                }
+                Err(e) => reply(session, 502, "text/plain", line(&e.0)).await,
+            };
+        }
+        let (name, sub) = rest.split_once('/').unwrap_or((rest, ""));
+        let name = match (&method, sub) {
+            (&http::Method::GET | &http::Method::HEAD, "") => {
+                name.strip_suffix(".tar.gz").unwrap_or(name)
+            }
+            _ => name,
+        };
+        if let Err(e) = config::validate_function_name(name) {
+            return reply(session, 400, "text/plain", line(&e)).await;
+        }
+        let name = name.to_string();
+        match (method.as_str(), sub) {
+            ("GET" | "HEAD", "") | ("GET", "config") => match self.get(&name).await {
+                Ok(Some(p)) if sub.is_empty() => {
+                    let mut h = head(200, "application/gzip", p.bytes.len())?;
+                    h.insert_header("x-ol-version", p.version.as_str())?;
+                    let head_only = method == http::Method::HEAD;
+                    session
+                        .write_response_header(Box::new(h), head_only)
+                        .await?;
+                    if !head_only {
+                        session
+                            .write_response_body(Some(p.bytes.clone()), true)
+                            .await?;
+                    }
+                    Ok(())
+                }
+                Ok(Some(p)) => reply(session, 200, "application/json", p.config_json.clone()).await,
+                Ok(None) => {
+                    let msg = format!("no function named {name:?} in the code store");
+                    reply(session, 404, "text/plain", line(&msg)).await
+                }
+                Err(e) => {
+                    reply(
+                        session,
+                        502,
+                        "text/plain",
+                        line(&format!("code store: {}", e.0)),
+                    )
+                    .await
+                }
+            },
+            ("POST" | "PUT", "") => {
+                let body = match read_body(session, self.max_upload, false).await? {
+                    BodyRead::Whole(b) => b,
+                    BodyRead::TooLarge | BodyRead::Cut => {
+                        self.stats.uploads_refused.fetch_add(1, Relaxed);
+                        let msg = format!(
+                            "upload is larger than the limit of {} bytes",
+                            self.max_upload
+                        );
+                        session.set_keepalive(None);
+                        return reply(session, 413, "text/plain", line(&msg)).await;
+                    }
+                };
+                let (status, msg) = self.upload(&name, body).await;
+                self.invalidate(&name).await;
+                if status == 201 {
+                    self.stats.uploads.fetch_add(1, Relaxed);
+                } else {
+                    self.stats.uploads_refused.fetch_add(1, Relaxed);
+                }
+                reply(session, status, "text/plain", line(&msg)).await
+            }
+            ("DELETE", "") => {
+                let (status, msg) = self.delete(&name).await;
+                self.invalidate(&name).await;
+                if status == 204 {
+                    self.stats.deletes.fetch_add(1, Relaxed);
+                    let h = head(204, "text/plain", 0)?;
+                    session.write_response_header(Box::new(h), true).await?;
+                    return Ok(());
+                }
+                reply(session, status, "text/plain", line(&msg)).await
+            }
+            (m, s) => {
+                let msg = format!(
+                    "{m} /registry/{name}{}{s} is not supported",
+                    if s.is_empty() { "" } else { "/" }
+                );
+                reply(session, 405, "text/plain", line(&msg)).await
+            }
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<String>, StoreError> {
+        match &self.backing {
+            Backing::Dir(root) => {
+                let root = root.clone();
+                blocking(move || list_dir(&root)).await
+            }
+            Backing::Http(base) => {
+                let url = format!("{base}/");
+                blocking(move || {
+                    let text = ureq::get(&url)
+                        .call()
+                        .and_then(|mut r| r.body_mut().read_to_string())
+                        .map_err(|e| StoreError(format!("GET {url}: {e}")))?;
+                    serde_json::from_str(&text).map_err(|e| StoreError(format!("GET {url}: {e}")))
+                })
+                .await
+            }
+        }
+    }
+
+    async fn upload(&self, name: &str, bytes: Bytes) -> (u16, String) {
+        let name = name.to_string();
+        let max_unpacked = self.max_upload as u64 * 10;
+        let r = match &self.backing {
+            Backing::Dir(root) => {
+                let root = root.clone();
+                blocking(move || {
+                    if let Err(e) = check_package(&bytes, max_unpacked) {
+                        return Ok((400, format!("refused upload of {name}: {e}")));
+                    }
+                    let tmp = root.join(format!(
+                        ".{name}.tar.gz.upload-{}-{}",
+                        std::process::id(),
+                        UPLOAD_SEQ.fetch_add(1, Relaxed)
+                    ));
+                    let write = || -> std::io::Result<()> {
+                        let mut f = std::fs::File::create(&tmp)?;
+                        std::io::Write::write_all(&mut f, &bytes)?;
+                        f.sync_all()?;
+                        std::fs::rename(&tmp, root.join(format!("{name}.tar.gz")))
+                    };
+                    match write() {
+                        Ok(()) => Ok((201, format!("installed {name}"))),
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&tmp);
+                            Err(StoreError(e.to_string()))
+                        }
+                    }
+                })
+                .await
+            }
+            Backing::Http(base) => {
+                let url = format!("{base}/{name}");
+                blocking(move || {
+                    if let Err(e) = check_package(&bytes, max_unpacked) {
+                        return Ok((400, format!("refused upload of {name}: {e}")));
+                    }
+                    passed_on(
+                        ureq::post(&url)
+                            .config()
+                            .http_status_as_error(false)
+                            .build()
+                            .send(&bytes[..]),
+                        &url,
+                    )
+                })
+                .await
+            }
+        };
+        r.unwrap_or_else(|e| (502, format!("code store: {}", e.0)))
+    }
+
+    async fn delete(&self, name: &str) -> (u16, String) {
+        let name = name.to_string();
+        let r = match &self.backing {
+            Backing::Dir(root) => {
+                let root = root.clone();
+                blocking(move || {
+                    let tarball = root.join(format!("{name}.tar.gz"));
+                    let dir = root.join(&name);
+                    let had_tar = tarball.exists();
+                    let had_dir = dir.join("f.py").is_file();
+                    if !had_tar && !had_dir {
+                        return Ok((404, format!("no function named {name:?} in the code store")));
+                    }
+                    if had_tar {
+                        std::fs::remove_file(&tarball).map_err(|e| StoreError(e.to_string()))?;
+                    }
+                    if had_dir {
+                        std::fs::remove_dir_all(&dir).map_err(|e| StoreError(e.to_string()))?;
+                    }
+                    Ok((204, String::new()))
+                })
+                .await
+            }
+            Backing::Http(base) => {
+                let url = format!("{base}/{name}");
+                blocking(move || {
+                    passed_on(
+                        ureq::delete(&url)
+                            .config()
+                            .http_status_as_error(false)
+                            .build()
+                            .call(),
+                        &url,
+                    )
+                })
+                .await
+            }
+        };
+        r.unwrap_or_else(|e| (502, format!("code store: {}", e.0)))
+    }
+}
+
+static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn passed_on(
+    r: Result<http::Response<ureq::Body>, ureq::Error>,
+    url: &str,
+) -> Result<(u16, String), StoreError> {
+    match r {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            Ok((status, text))
+        }
+        Err(e) => Err(StoreError(format!("{url}: {e}"))),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError(e.to_string()))?
+}
+
+fn line(s: &str) -> Bytes {
+    let mut one: String = s
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    one.push('\n');
+    Bytes::from(one)
+}
+
+fn head(status: u16, ctype: &str, len: usize) -> Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(6))?;
+    h.insert_header("content-type", ctype)?;
+    if status != 204 {
+        h.insert_header("content-length", len.to_string())?;
+    }
+    h.insert_header("x-ol-worker", "none")?;
+    h.insert_header("x-ol-policy", "none")?;
+    Ok(h)
+}
+
+async fn reply(session: &mut Session, status: u16, ctype: &str, body: Bytes) -> Result<()> {
+    let h = head(status, ctype, body.len())?;
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+fn read_dir_package(root: &Path, name: &str) -> Result<Option<Bytes>, StoreError> {
+    let tarball = root.join(format!("{name}.tar.gz"));
+    match std::fs::read(&tarball) {
+        Ok(b) => return Ok(Some(b.into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError(format!("{}: {e}", tarball.display()))),
+    }
+    let dir = root.join(name);
+    if dir.join("f.py").is_file() {
+        return pack_dir(&dir)
+            .map(|b| Some(b.into()))
+            .map_err(|e| StoreError(format!("{}: {e}", dir.display())));
+    }
+    Ok(None)
+}
+
+fn list_dir(root: &Path) -> Result<Vec<String>, StoreError> {
+    let mut names = Vec::new();
+    let rd = std::fs::read_dir(root).map_err(|e| StoreError(e.to_string()))?;
+    for e in rd.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let name = match file.strip_suffix(".tar.gz") {
+            Some(n) => n.to_string(),
+            None if e.path().join("f.py").is_file() => file,
+            None => continue,
+        };
+        if config::validate_function_name(&name).is_ok() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Packs a function directory as the workers do (workers/src/archive.rs,
+/// written once more here: proxy and workers never depend on each other):
+/// sorted entries, deterministic headers, no `__pycache__`, symlinks kept
+/// as links. The same directory always gives the same bytes, hence the
+/// same version on both sides.
+pub fn pack_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let mut entries: Vec<PathBuf> = Vec::new();
+    collect(dir, dir, &mut entries)?;
+    entries.sort();
+    for rel in entries {
+        tar.append_path_with_name(dir.join(&rel), &rel)?;
+    }
+    tar.into_inner()?.finish()
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        if e.file_name() == "__pycache__" {
+            continue;
+        }
+        out.push(p.strip_prefix(root).unwrap().to_path_buf());
+        if e.file_type()?.is_dir() {
+            collect(root, &p, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Files whose text the proxy reads from a package (at most 1 MiB each).
+const META_FILES: [&str; 3] = ["ol.yaml", "requirements.txt", "f.py"];
+
+/// Checks an upload the way the workers' registry does before it touches
+/// the store: gzip, a tar whose entries stay inside the function directory
+/// (no absolute paths, no `..`, no links out, no devices), at most
+/// `max_unpacked` bytes, an `f.py`, and a valid `ol.yaml` if there is one.
+pub fn check_package(bytes: &[u8], max_unpacked: u64) -> Result<(), String> {
+    let files = read_package(bytes, max_unpacked)?;
+    if !files.contains_key("f.py") {
+        return Err("the package has no f.py at its top level".into());
+    }
+    if let Some(y) = files.get("ol.yaml") {
+        FunctionConfig::from_yaml(y).map_err(|e| format!("ol.yaml: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Walks a package, checking every entry; returns the text of the
+/// top-level [`META_FILES`].
+fn read_package(bytes: &[u8], max_unpacked: u64) -> Result<HashMap<&'static str, String>, String> {
+    if bytes.len() < 2 || bytes[0] != 0x1f || bytes[1] != 0x8b {
+        return Err("not a .tar.gz: no gzip header".into());
+    }
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut out = HashMap::new();
+    let mut total = 0u64;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a .tar.gz: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("not a .tar.gz: {e}"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("bad entry name: {e}"))?
+            .into_owned();
+        if !safe_rel(&path) {
+            return Err(format!(
+                "entry {} leaves the function directory",
+                path.display()
+            ));
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target = entry
+                .link_name()
+                .map_err(|e| format!("bad link: {e}"))?
+                .unwrap_or_default();
+            let base = path.parent().unwrap_or(Path::new(""));
+            if target.is_absolute() || !safe_rel(&base.join(&target)) {
+                return Err(format!(
+                    "link {} points outside the function directory",
+                    path.display()
+                ));
+            }
+            continue;
+        }
+        if !(kind.is_file() || kind.is_dir() || kind == tar::EntryType::Continuous) {
+            if kind.is_pax_global_extensions()
+                || kind.is_pax_local_extensions()
+                || kind.is_gnu_longname()
+            {
+                continue;
+            }
+            return Err(format!(
+                "entry {} is not a file or directory",
+                path.display()
+            ));
+        }
+        total += entry.header().size().unwrap_or(0);
+        if total > max_unpacked {
+            return Err(format!("unpacks to more than {max_unpacked} bytes"));
+        }
+        let top = path.to_str().map(|s| s.trim_start_matches("./"));
+        if let Some(meta) = META_FILES.iter().find(|m| Some(**m) == top) {
+            let mut text = String::new();
+            entry
+                .by_ref()
+                .take(1 << 20)
+                .read_to_string(&mut text)
+                .map_err(|e| format!("{meta}: {e}"))?;
+            out.insert(*meta, text);
+        }
+    }
+    Ok(out)
+}
+
+/// A relative path that, resolved lexically, stays inside its root.
+fn safe_rel(p: &Path) -> bool {
+    let mut depth = 0i32;
+    for c in p.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+/// Reads a package's version and metadata. A package that does not read
+/// is still served (the workers report why it cannot run); it just has no
+/// metadata.
+fn describe(name: &str, bytes: Bytes) -> FnPackage {
+    let digest = Sha256::digest(&bytes);
+    let version: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let files = read_package(&bytes, 1 << 30).unwrap_or_default();
+    let (config, config_error) = match files.get("ol.yaml").map(|y| FunctionConfig::from_yaml(y)) {
+        None => (FunctionConfig::default(), None),
+        Some(Ok(c)) => (c, None),
+        Some(Err(e)) => (FunctionConfig::default(), Some(e)),
+    };
+    let config_json = serde_json::to_vec(&config).unwrap_or_default().into();
+    let requirements = files
+        .get("requirements.txt")
+        .map(|t| requirement_lines(t))
+        .unwrap_or_default();
+    let imports = files
+        .get("f.py")
+        .map(|t| top_imports(t))
+        .unwrap_or_default();
+    let packages = package_set(&requirements, &imports);
+    FnPackage {
+        name: name.to_string(),
+        version,
+        bytes,
+        config,
+        config_json,
+        config_error,
+        requirements,
+        imports,
+        packages,
+        changed_at: None,
+    }
+}
+
+/// Requirement lines, without comments, options and blanks.
+pub fn requirement_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty() && !l.starts_with('-'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The distribution name of a requirement line (`NumPy>=1.0; python_version>"3"` -> `numpy`).
+fn requirement_name(line: &str) -> String {
+    line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+        .replace('-', "_")
+}
+
+/// Top-level modules imported by `import a, b.c as d` and `from a.b import c`
+/// lines (any indentation; relative imports skipped), in order, deduplicated.
+pub fn top_imports(src: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |m: &str| {
+        let top = m.trim().split('.').next().unwrap_or("").trim();
+        if !top.is_empty()
+            && top.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !out.iter().any(|o| o == top)
+        {
+            out.push(top.to_string());
+        }
+    };
+    for l in src.lines() {
+        let l = l.trim_start();
+        if let Some(rest) = l.strip_prefix("import ") {
+            for part in rest.split('#').next().unwrap_or("").split(',') {
+                add(part.split_whitespace().next().unwrap_or(""));
+            }
+        } else if let Some(rest) = l.strip_prefix("from ") {
+            let module = rest.split_whitespace().next().unwrap_or("");
+            if !module.starts_with('.') && rest.contains(" import") {
+                add(module);
+            }
+        }
+    }
+    out
+}
+
+/// Standard-library modules common in handlers: not packages a worker
+/// must install or import at a cost worth routing for.
+const STDLIB: &[&str] = &[
+    "abc",
+    "argparse",
+    "array",
+    "asyncio",
+    "base64",
+    "binascii",
+    "bisect",
+    "collections",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "enum",
+    "errno",
+    "functools",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "http",
+    "io",
+    "itertools",
+    "json",
+    "logging",
+    "math",
+    "operator",
+    "os",
+    "pathlib",
+    "pickle",
+    "platform",
+    "queue",
+    "random",
+    "re",
+    "secrets",
+    "shutil",
+    "signal",
+    "socket",
+    "sqlite3",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "sys",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "time",
+    "traceback",
+    "typing",
+    "unicodedata",
+    "urllib",
+    "uuid",
+    "warnings",
+    "weakref",
+    "xml",
+    "zipfile",
+    "zlib",
+    "__future__",
+];
+
+/// Relative import costs of well-known heavy packages (import time in
+/// tens of ms, roughly); any other third-party package counts 10.
+const HEAVY: &[(&str, u32)] = &[
+    ("torch", 200),
+    ("tensorflow", 200),
+    ("pandas", 60),
+    ("scipy", 50),
+    ("sklearn", 80),
+    ("scikit_learn", 80),
+    ("matplotlib", 50),
+    ("numpy", 30),
+    ("PIL", 15),
+    ("pillow", 15),
+    ("requests", 12),
+];
+
+/// The routing package set: third-party imports plus requirement names,
+/// heaviest first, at most [`MAX_PACKAGES`].
+fn package_set(requirements: &[String], imports: &[String]) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    let names = requirements.iter().map(|r| requirement_name(r)).chain(
+        imports
+            .iter()
+            .filter(|i| !STDLIB.contains(&i.as_str()))
+            .cloned(),
+    );
+    for n in names {
+        if n.is_empty() || out.iter().any(|(o, _)| o.eq_ignore_ascii_case(&n)) {
+            continue;
+        }
+        let cost = HEAVY
+            .iter()
+            .find(|(h, _)| h.eq_ignore_ascii_case(&n))
+            .map_or(10, |(_, c)| *c);
+        out.push((n, cost));
+    }
+    out.sort_by_key(|p| std::cmp::Reverse(p.1));
+    out.truncate(MAX_PACKAGES);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_are_found() {
+        let src = "import os, numpy as np\nfrom pandas.io import x\nfrom . import y\n  import json  # c\nfrom x\n";
+        assert_eq!(top_imports(src), vec!["os", "numpy", "pandas", "json"]);
+        let reqs = requirement_lines(
+            "# c\nNumPy==1.26.4\n-r other.txt\n\nrequests>=2 ; python_version>'3'\n",
+        );
+        assert_eq!(
+            reqs,
+            vec!["NumPy==1.26.4", "requests>=2 ; python_version>'3'"]
+        );
+        let set = package_set(&reqs, &top_imports(src));
+        let names: Vec<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["pandas", "numpy", "requests"]);
+    }
+
+    #[test]
+    fn packing_is_deterministic_and_checked() {
+        let dir = std::env::temp_dir().join(format!("olp-cs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("f.py"), "import numpy\ndef f(e):\n    return 1\n").unwrap();
+        std::fs::write(dir.join("ol.yaml"), "cache: {ttl_ms: 100}\n").unwrap();
+        std::fs::write(dir.join("sub/x.txt"), "x").unwrap();
+        let a = pack_dir(&dir).unwrap();
+        let b = pack_dir(&dir).unwrap();
+        assert_eq!(a, b);
+        check_package(&a, 1 << 20).unwrap();
+        let p = describe("f", a.into());
+        assert_eq!(p.version.len(), 16);
+        assert_eq!(p.config.cache.as_ref().unwrap().ttl_ms, 100);
+        assert_eq!(p.imports, vec!["numpy"]);
+        assert!(check_package(b"not gzip", 1 << 20).is_err());
+        std::fs::write(dir.join("ol.yaml"), "cache: {ttl_ms: 0}\n").unwrap();
+        let e = check_package(&pack_dir(&dir).unwrap(), 1 << 20).unwrap_err();
+        assert!(e.contains("cache.ttl_ms"), "{e}");
+        std::fs::remove_file(dir.join("f.py")).unwrap();
+        std::fs::write(dir.join("ol.yaml"), "").unwrap();
+        assert!(check_package(&pack_dir(&dir).unwrap(), 1 << 20).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn paths_stay_inside() {
+        assert!(safe_rel(Path::new("a/b/../c")));
+        assert!(!safe_rel(Path::new("a/../../c")));
+        assert!(!safe_rel(Path::new("/etc/passwd")));
+    }
+}
