@@ -27,8 +27,7 @@
 //!   Both invalidate the cached entry. A refused upload changes nothing.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,7 +38,6 @@ use config::FunctionConfig;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
-use sha2::{Digest, Sha256};
 
 use crate::caches::{read_body, BodyRead};
 
@@ -349,7 +347,8 @@ impl CodeStore {
         match &self.backing {
             Backing::Dir(root) => {
                 let root = root.clone();
-                blocking(move || list_dir(&root)).await
+                blocking(move || codestore::dir::list(&root).map_err(|e| StoreError(e.to_string())))
+                    .await
             }
             Backing::Http(base) => {
                 let url = format!("{base}/");
@@ -375,24 +374,9 @@ impl CodeStore {
                     if let Err(e) = check_package(&bytes, max_unpacked) {
                         return Ok((400, format!("refused upload of {name}: {e}")));
                     }
-                    let tmp = root.join(format!(
-                        ".{name}.tar.gz.upload-{}-{}",
-                        std::process::id(),
-                        UPLOAD_SEQ.fetch_add(1, Relaxed)
-                    ));
-                    let write = || -> std::io::Result<()> {
-                        let mut f = std::fs::File::create(&tmp)?;
-                        std::io::Write::write_all(&mut f, &bytes)?;
-                        f.sync_all()?;
-                        std::fs::rename(&tmp, root.join(format!("{name}.tar.gz")))
-                    };
-                    match write() {
-                        Ok(()) => Ok((201, format!("installed {name}"))),
-                        Err(e) => {
-                            let _ = std::fs::remove_file(&tmp);
-                            Err(StoreError(e.to_string()))
-                        }
-                    }
+                    codestore::dir::install(&root, &name, &bytes)
+                        .map(|()| (201, format!("installed {name}")))
+                        .map_err(|e| StoreError(e.to_string()))
                 })
                 .await
             }
@@ -422,21 +406,10 @@ impl CodeStore {
         let r = match &self.backing {
             Backing::Dir(root) => {
                 let root = root.clone();
-                blocking(move || {
-                    let tarball = root.join(format!("{name}.tar.gz"));
-                    let dir = root.join(&name);
-                    let had_tar = tarball.exists();
-                    let had_dir = dir.join("f.py").is_file();
-                    if !had_tar && !had_dir {
-                        return Ok((404, format!("no function named {name:?} in the code store")));
-                    }
-                    if had_tar {
-                        std::fs::remove_file(&tarball).map_err(|e| StoreError(e.to_string()))?;
-                    }
-                    if had_dir {
-                        std::fs::remove_dir_all(&dir).map_err(|e| StoreError(e.to_string()))?;
-                    }
-                    Ok((204, String::new()))
+                blocking(move || match codestore::dir::delete(&root, &name) {
+                    Ok(true) => Ok((204, String::new())),
+                    Ok(false) => Ok((404, format!("no function named {name:?} in the code store"))),
+                    Err(e) => Err(StoreError(e.to_string())),
                 })
                 .await
             }
@@ -458,8 +431,6 @@ impl CodeStore {
         r.unwrap_or_else(|e| (502, format!("code store: {}", e.0)))
     }
 }
-
-static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn passed_on(
     r: Result<http::Response<ureq::Body>, ureq::Error>,
@@ -513,186 +484,36 @@ async fn reply(session: &mut Session, status: u16, ctype: &str, body: Bytes) -> 
 }
 
 fn read_dir_package(root: &Path, name: &str) -> Result<Option<Bytes>, StoreError> {
-    let tarball = root.join(format!("{name}.tar.gz"));
-    match std::fs::read(&tarball) {
-        Ok(b) => return Ok(Some(b.into())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(StoreError(format!("{}: {e}", tarball.display()))),
-    }
-    let dir = root.join(name);
-    if dir.join("f.py").is_file() {
-        return pack_dir(&dir)
-            .map(|b| Some(b.into()))
-            .map_err(|e| StoreError(format!("{}: {e}", dir.display())));
-    }
-    Ok(None)
-}
-
-fn list_dir(root: &Path) -> Result<Vec<String>, StoreError> {
-    let mut names = Vec::new();
-    let rd = std::fs::read_dir(root).map_err(|e| StoreError(e.to_string()))?;
-    for e in rd.flatten() {
-        let file = e.file_name().to_string_lossy().into_owned();
-        let name = match file.strip_suffix(".tar.gz") {
-            Some(n) => n.to_string(),
-            None if e.path().join("f.py").is_file() => file,
-            None => continue,
-        };
-        if config::validate_function_name(&name).is_ok() {
-            names.push(name);
-        }
-    }
-    names.sort();
-    names.dedup();
-    Ok(names)
-}
-
-/// Packs a function directory as the workers do (workers/src/archive.rs,
-/// written once more here: proxy and workers never depend on each other):
-/// sorted entries, deterministic headers, no `__pycache__`, symlinks kept
-/// as links. The same directory always gives the same bytes, hence the
-/// same version on both sides.
-pub fn pack_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    tar.follow_symlinks(false);
-    tar.mode(tar::HeaderMode::Deterministic);
-    let mut entries: Vec<PathBuf> = Vec::new();
-    collect(dir, dir, &mut entries)?;
-    entries.sort();
-    for rel in entries {
-        tar.append_path_with_name(dir.join(&rel), &rel)?;
-    }
-    tar.into_inner()?.finish()
-}
-
-fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let p = e.path();
-        if e.file_name() == "__pycache__" {
-            continue;
-        }
-        out.push(p.strip_prefix(root).unwrap().to_path_buf());
-        if e.file_type()?.is_dir() {
-            collect(root, &p, out)?;
-        }
-    }
-    Ok(())
+    codestore::dir::fetch(root, name)
+        .map(|b| b.map(Bytes::from))
+        .map_err(|e| StoreError(e.to_string()))
 }
 
 /// Files whose text the proxy reads from a package (at most 1 MiB each).
 const META_FILES: [&str; 3] = ["ol.yaml", "requirements.txt", "f.py"];
 
-/// Checks an upload the way the workers' registry does before it touches
-/// the store: gzip, a tar whose entries stay inside the function directory
-/// (no absolute paths, no `..`, no links out, no devices), at most
-/// `max_unpacked` bytes, an `f.py`, and a valid `ol.yaml` if there is one.
+/// Checks an upload with the same rules as the workers' registry
+/// (`codestore::archive`: gzip, entries that stay inside the function
+/// directory, at most `max_unpacked` bytes, an `f.py`), plus a valid
+/// `ol.yaml` if there is one.
 pub fn check_package(bytes: &[u8], max_unpacked: u64) -> Result<(), String> {
     let files = read_package(bytes, max_unpacked)?;
-    if !files.contains_key("f.py") {
-        return Err("the package has no f.py at its top level".into());
-    }
     if let Some(y) = files.get("ol.yaml") {
         FunctionConfig::from_yaml(y).map_err(|e| format!("ol.yaml: {e}"))?;
     }
     Ok(())
 }
 
-/// Walks a package, checking every entry; returns the text of the
-/// top-level [`META_FILES`].
-fn read_package(bytes: &[u8], max_unpacked: u64) -> Result<HashMap<&'static str, String>, String> {
-    if bytes.len() < 2 || bytes[0] != 0x1f || bytes[1] != 0x8b {
-        return Err("not a .tar.gz: no gzip header".into());
-    }
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    let mut out = HashMap::new();
-    let mut total = 0u64;
-    let entries = archive
-        .entries()
-        .map_err(|e| format!("not a .tar.gz: {e}"))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| format!("not a .tar.gz: {e}"))?;
-        let path = entry
-            .path()
-            .map_err(|e| format!("bad entry name: {e}"))?
-            .into_owned();
-        if !safe_rel(&path) {
-            return Err(format!(
-                "entry {} leaves the function directory",
-                path.display()
-            ));
-        }
-        let kind = entry.header().entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
-            let target = entry
-                .link_name()
-                .map_err(|e| format!("bad link: {e}"))?
-                .unwrap_or_default();
-            let base = path.parent().unwrap_or(Path::new(""));
-            if target.is_absolute() || !safe_rel(&base.join(&target)) {
-                return Err(format!(
-                    "link {} points outside the function directory",
-                    path.display()
-                ));
-            }
-            continue;
-        }
-        if !(kind.is_file() || kind.is_dir() || kind == tar::EntryType::Continuous) {
-            if kind.is_pax_global_extensions()
-                || kind.is_pax_local_extensions()
-                || kind.is_gnu_longname()
-            {
-                continue;
-            }
-            return Err(format!(
-                "entry {} is not a file or directory",
-                path.display()
-            ));
-        }
-        total += entry.header().size().unwrap_or(0);
-        if total > max_unpacked {
-            return Err(format!("unpacks to more than {max_unpacked} bytes"));
-        }
-        let top = path.to_str().map(|s| s.trim_start_matches("./"));
-        if let Some(meta) = META_FILES.iter().find(|m| Some(**m) == top) {
-            let mut text = String::new();
-            entry
-                .by_ref()
-                .take(1 << 20)
-                .read_to_string(&mut text)
-                .map_err(|e| format!("{meta}: {e}"))?;
-            out.insert(*meta, text);
-        }
-    }
-    Ok(out)
-}
-
-/// A relative path that, resolved lexically, stays inside its root.
-fn safe_rel(p: &Path) -> bool {
-    let mut depth = 0i32;
-    for c in p.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
+/// The text of the top-level [`META_FILES`] of a checked package.
+fn read_package(bytes: &[u8], max_unpacked: u64) -> Result<HashMap<String, String>, String> {
+    codestore::archive::inspect(bytes, max_unpacked, &META_FILES).map_err(|e| e.to_string())
 }
 
 /// Reads a package's version and metadata. A package that does not read
 /// is still served (the workers report why it cannot run); it just has no
 /// metadata.
 fn describe(name: &str, bytes: Bytes) -> FnPackage {
-    let digest = Sha256::digest(&bytes);
-    let version: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let version = codestore::version(&bytes);
     let files = read_package(&bytes, 1 << 30).unwrap_or_default();
     let (config, config_error) = match files.get("ol.yaml").map(|y| FunctionConfig::from_yaml(y)) {
         None => (FunctionConfig::default(), None),
@@ -905,8 +726,8 @@ mod tests {
         std::fs::write(dir.join("f.py"), "import numpy\ndef f(e):\n    return 1\n").unwrap();
         std::fs::write(dir.join("ol.yaml"), "cache: {ttl_ms: 100}\n").unwrap();
         std::fs::write(dir.join("sub/x.txt"), "x").unwrap();
-        let a = pack_dir(&dir).unwrap();
-        let b = pack_dir(&dir).unwrap();
+        let a = codestore::archive::pack_dir(&dir).unwrap();
+        let b = codestore::archive::pack_dir(&dir).unwrap();
         assert_eq!(a, b);
         check_package(&a, 1 << 20).unwrap();
         let p = describe("f", a.into());
@@ -915,18 +736,11 @@ mod tests {
         assert_eq!(p.imports, vec!["numpy"]);
         assert!(check_package(b"not gzip", 1 << 20).is_err());
         std::fs::write(dir.join("ol.yaml"), "cache: {ttl_ms: 0}\n").unwrap();
-        let e = check_package(&pack_dir(&dir).unwrap(), 1 << 20).unwrap_err();
+        let e = check_package(&codestore::archive::pack_dir(&dir).unwrap(), 1 << 20).unwrap_err();
         assert!(e.contains("cache.ttl_ms"), "{e}");
         std::fs::remove_file(dir.join("f.py")).unwrap();
         std::fs::write(dir.join("ol.yaml"), "").unwrap();
-        assert!(check_package(&pack_dir(&dir).unwrap(), 1 << 20).is_err());
+        assert!(check_package(&codestore::archive::pack_dir(&dir).unwrap(), 1 << 20).is_err());
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn paths_stay_inside() {
-        assert!(safe_rel(Path::new("a/b/../c")));
-        assert!(!safe_rel(Path::new("a/../../c")));
-        assert!(!safe_rel(Path::new("/etc/passwd")));
     }
 }

@@ -3,7 +3,6 @@
 //! (`sandbox`, pooled per function by `handler`), and serves the HTTP
 //! contract of DESIGN.md (`server`).
 
-pub mod archive;
 mod fsutil;
 pub mod grpc;
 pub mod handler;

@@ -6,7 +6,8 @@
 //! replaces what callers see) or an http(s) URL that serves
 //! `<url>/<name>.tar.gz` (another ol-worker's or ol-proxy's `/registry`).
 //! Whatever the source, the package travels as `.tar.gz` bytes and is
-//! unpacked by `archive::unpack`, so every source gets the same checks.
+//! unpacked by `codestore::archive::unpack`, so every source gets the same
+//! checks (the proxy's code store front uses the same crate).
 //! Versions are content hashes: new code means a new directory under
 //! `<work>/code/<name>/<version>`, and old instances drain on the old one.
 
@@ -17,9 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use config::FunctionConfig;
-use sha2::{Digest, Sha256};
 
-use crate::archive::{self, ArchiveError};
+use codestore::archive::{self, ArchiveError};
 
 /// One version of one function, unpacked and ready to run.
 #[derive(Debug)]
@@ -140,7 +140,7 @@ impl Registry {
             self.cache.lock().unwrap().remove(name);
             return Err(RegistryError::NotFound(name.to_string()));
         };
-        let version = hex16(&Sha256::digest(&bytes));
+        let version = codestore::version(&bytes);
         {
             let mut cache = self.cache.lock().unwrap();
             if let Some(c) = cache.get_mut(name) {
@@ -211,21 +211,7 @@ impl Registry {
     fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, RegistryError> {
         match &self.store {
             Store::Dir(root) => {
-                let tarball = root.join(format!("{name}.tar.gz"));
-                match fs::read(&tarball) {
-                    Ok(b) => return Ok(Some(b)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(RegistryError::Store(format!("{}: {e}", tarball.display())))
-                    }
-                }
-                let dir = root.join(name);
-                if dir.join("f.py").is_file() {
-                    return archive::pack_dir(&dir)
-                        .map(Some)
-                        .map_err(|e| RegistryError::Store(format!("{}: {e}", dir.display())));
-                }
-                Ok(None)
+                codestore::dir::fetch(root, name).map_err(|e| RegistryError::Store(e.to_string()))
             }
             Store::Http(base) => {
                 let url = format!("{base}/{name}.tar.gz");
@@ -260,22 +246,7 @@ impl Registry {
     fn list_blocking(&self) -> Result<Vec<String>, RegistryError> {
         match &self.store {
             Store::Dir(root) => {
-                let mut names = Vec::new();
-                let rd = fs::read_dir(root).map_err(|e| RegistryError::Store(e.to_string()))?;
-                for e in rd.flatten() {
-                    let file = e.file_name().to_string_lossy().into_owned();
-                    let name = match file.strip_suffix(".tar.gz") {
-                        Some(n) => n.to_string(),
-                        None if e.path().join("f.py").is_file() => file,
-                        None => continue,
-                    };
-                    if config::validate_function_name(&name).is_ok() {
-                        names.push(name);
-                    }
-                }
-                names.sort();
-                names.dedup();
-                Ok(names)
+                codestore::dir::list(root).map_err(|e| RegistryError::Store(e.to_string()))
             }
             Store::Http(base) => {
                 let url = format!("{base}/");
@@ -312,19 +283,8 @@ impl Registry {
             let _ = fs::remove_dir_all(&check);
             res.map_err(RegistryError::Invalid)?;
             match &this.store {
-                Store::Dir(root) => {
-                    let tmp = root.join(format!(".{name}.tar.gz.upload-{}", std::process::id()));
-                    let write = || -> std::io::Result<()> {
-                        let mut f = fs::File::create(&tmp)?;
-                        std::io::Write::write_all(&mut f, &bytes)?;
-                        f.sync_all()?;
-                        fs::rename(&tmp, root.join(format!("{name}.tar.gz")))
-                    };
-                    write().map_err(|e| {
-                        let _ = fs::remove_file(&tmp);
-                        RegistryError::Store(e.to_string())
-                    })?;
-                }
+                Store::Dir(root) => codestore::dir::install(root, &name, &bytes)
+                    .map_err(|e| RegistryError::Store(e.to_string()))?,
                 Store::Http(base) => {
                     let url = format!("{base}/{name}");
                     ureq::post(&url)
@@ -347,20 +307,10 @@ impl Registry {
         blocking(move || {
             match &this.store {
                 Store::Dir(root) => {
-                    let tarball = root.join(format!("{name}.tar.gz"));
-                    let dir = root.join(&name);
-                    let had_tar = tarball.exists();
-                    let had_dir = dir.join("f.py").is_file();
-                    if !had_tar && !had_dir {
+                    let removed = codestore::dir::delete(root, &name)
+                        .map_err(|e| RegistryError::Store(e.to_string()))?;
+                    if !removed {
                         return Err(RegistryError::NotFound(name));
-                    }
-                    if had_tar {
-                        fs::remove_file(&tarball)
-                            .map_err(|e| RegistryError::Store(e.to_string()))?;
-                    }
-                    if had_dir {
-                        fs::remove_dir_all(&dir)
-                            .map_err(|e| RegistryError::Store(e.to_string()))?;
                     }
                 }
                 Store::Http(base) => {
@@ -397,8 +347,4 @@ fn read_function_config(dir: &Path) -> Result<FunctionConfig, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FunctionConfig::default()),
         Err(e) => Err(format!("ol.yaml: {e}")),
     }
-}
-
-fn hex16(digest: &[u8]) -> String {
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

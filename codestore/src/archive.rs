@@ -1,9 +1,11 @@
-//! Function packages as `.tar.gz`: packing a directory, and unpacking an
-//! untrusted archive without letting anything escape the target directory.
+//! Function packages as `.tar.gz`: packing a directory, and unpacking (or
+//! inspecting in memory) an untrusted archive without letting anything
+//! escape the function directory.
 //!
-//! Every code source (directory, tarball, HTTP) goes through `unpack`, so
-//! there is one set of checks for all of them.
+//! Every package, from any source and on either side (worker or proxy),
+//! goes through `walk`, so there is one set of checks for all of them.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -61,15 +63,25 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<(
     Ok(())
 }
 
-/// Unpacks `bytes` into `dest` (which must not exist; it is created),
-/// refusing absolute paths, `..`, links that leave `dest`, devices, and
-/// more than `max_unpacked` bytes. On error `dest` may be half-written:
-/// callers unpack into a temporary directory and rename on success.
-pub fn unpack(bytes: &[u8], dest: &Path, max_unpacked: u64) -> Result<(), ArchiveError> {
+/// One checked entry of a package, as `walk` hands it on.
+enum Entry<'a> {
+    Dir,
+    File(&'a mut dyn Read),
+    Symlink(PathBuf),
+}
+
+/// Walks an untrusted `.tar.gz`, checking every entry (no absolute paths,
+/// no `..` above the top, no links leaving the package, no hard links,
+/// devices or fifos, at most `max_unpacked` bytes, an `f.py` at the top)
+/// and handing each checked entry to `visit` with its clean relative path.
+fn walk(
+    bytes: &[u8],
+    max_unpacked: u64,
+    mut visit: impl FnMut(&Path, Entry<'_>) -> Result<(), ArchiveError>,
+) -> Result<(), ArchiveError> {
     if bytes.len() < 2 || bytes[0] != 0x1f || bytes[1] != 0x8b {
         return Err(ArchiveError::NotTarGz("no gzip header".into()));
     }
-    fs::create_dir_all(dest)?;
     let mut archive = tar::Archive::new(GzDecoder::new(bytes));
     let mut total: u64 = 0;
     let mut saw_entry_point = false;
@@ -87,41 +99,28 @@ pub fn unpack(bytes: &[u8], dest: &Path, max_unpacked: u64) -> Result<(), Archiv
         if rel.as_os_str().is_empty() {
             continue; // "./"
         }
-        let kind = entry.header().entry_type();
-        let target = dest.join(&rel);
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        match kind {
-            tar::EntryType::Directory => {
-                fs::create_dir_all(&target)?;
-            }
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => visit(&rel, Entry::Dir)?,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 total = total.saturating_add(entry.header().size().unwrap_or(u64::MAX));
                 if total > max_unpacked {
                     return Err(ArchiveError::TooLarge(max_unpacked));
                 }
-                let mut data = Vec::new();
-                (&mut entry)
-                    .take(max_unpacked + 1)
-                    .read_to_end(&mut data)
-                    .map_err(|e| ArchiveError::NotTarGz(e.to_string()))?;
-                fs::write(&target, &data)?;
-                if rel == Path::new("f.py") {
-                    saw_entry_point = true;
-                }
+                saw_entry_point |= rel == Path::new("f.py");
+                visit(&rel, Entry::File(&mut entry))?;
             }
             tar::EntryType::Symlink => {
                 let link = entry
                     .link_name()
                     .map_err(|e| ArchiveError::NotTarGz(e.to_string()))?
-                    .ok_or_else(|| ArchiveError::NotTarGz(format!("{shown}: empty link")))?;
+                    .ok_or_else(|| ArchiveError::NotTarGz(format!("{shown}: empty link")))?
+                    .into_owned();
                 // The link is resolved from the entry's own directory.
                 let base = rel.parent().unwrap_or(Path::new(""));
                 if link.is_absolute() || clean_relative(&base.join(&link)).is_none() {
                     return Err(ArchiveError::SymlinkEscape(shown));
                 }
-                std::os::unix::fs::symlink(&link, &target)?;
+                visit(&rel, Entry::Symlink(link))?;
             }
             tar::EntryType::Link => return Err(ArchiveError::BadType(shown, "hard link")),
             tar::EntryType::Char | tar::EntryType::Block => {
@@ -136,6 +135,55 @@ pub fn unpack(bytes: &[u8], dest: &Path, max_unpacked: u64) -> Result<(), Archiv
         return Err(ArchiveError::NoEntryPoint);
     }
     Ok(())
+}
+
+/// Unpacks `bytes` into `dest` (created), with the checks of `walk`. On
+/// error `dest` may be half-written: callers unpack into a temporary
+/// directory and rename on success.
+pub fn unpack(bytes: &[u8], dest: &Path, max_unpacked: u64) -> Result<(), ArchiveError> {
+    fs::create_dir_all(dest)?;
+    walk(bytes, max_unpacked, |rel, entry| {
+        let target = dest.join(rel);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        match entry {
+            Entry::Dir => fs::create_dir_all(&target)?,
+            Entry::File(data) => {
+                let mut buf = Vec::new();
+                data.take(max_unpacked + 1)
+                    .read_to_end(&mut buf)
+                    .map_err(|e| ArchiveError::NotTarGz(e.to_string()))?;
+                fs::write(&target, &buf)?;
+            }
+            Entry::Symlink(link) => std::os::unix::fs::symlink(&link, &target)?,
+        }
+        Ok(())
+    })
+}
+
+/// Checks `bytes` with the rules of `unpack` without writing anything, and
+/// returns the text of the top-level files named in `wanted` that it holds
+/// (at most 1 MiB each), e.g. `ol.yaml` and `requirements.txt`.
+pub fn inspect(
+    bytes: &[u8],
+    max_unpacked: u64,
+    wanted: &[&str],
+) -> Result<HashMap<String, String>, ArchiveError> {
+    let mut found = HashMap::new();
+    walk(bytes, max_unpacked, |rel, entry| {
+        if let (Entry::File(data), Some(name)) = (entry, rel.to_str()) {
+            if wanted.contains(&name) {
+                let mut text = String::new();
+                data.take(1 << 20)
+                    .read_to_string(&mut text)
+                    .map_err(|e| ArchiveError::NotTarGz(format!("{name}: {e}")))?;
+                found.insert(name.to_string(), text);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(found)
 }
 
 /// `p` without `.` parts, if it stays inside its root (no `..` above the
@@ -241,5 +289,22 @@ mod tests {
             link(b, "l", "f.py");
         });
         unpack(&ok, &t.path().join("ok"), 1024).unwrap();
+    }
+
+    #[test]
+    fn inspect_checks_like_unpack_and_reads_wanted_files() {
+        let pkg = tar_gz(|b| {
+            file(b, "f.py", b"def f(e): return 1\n");
+            file(b, "ol.yaml", b"methods: [GET]\n");
+            file(b, "lib/ol.yaml", b"not top level");
+        });
+        let found = inspect(&pkg, 1024, &["ol.yaml", "requirements.txt"]).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found["ol.yaml"], "methods: [GET]\n");
+        let bad = tar_gz(|b| file(b, "../f.py", b"x"));
+        assert!(inspect(&bad, 1024, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("escapes"));
     }
 }

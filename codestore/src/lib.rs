@@ -1,0 +1,32 @@
+//! Function packages, shared by `ol-worker` and `ol-proxy` (which never
+//! depend on each other): one implementation of the rules for what a
+//! package may hold, of its version, and of the directory code store, so
+//! that both sides check uploads the same way and agree on versions.
+//!
+//! - [`archive`]: pack a directory as `.tar.gz`; unpack or inspect an
+//!   untrusted one without letting anything escape the function directory.
+//! - [`dir`]: a directory store of `<name>/` directories and `<name>.tar.gz`
+//!   files (a tarball wins over a directory of the same name).
+//! - [`version`]: a package's version, the first 16 hex digits of its SHA-256.
+
+pub mod archive;
+pub mod dir;
+
+use sha2::{Digest, Sha256};
+
+/// The version of a package: the first 16 hex digits of its SHA-256.
+pub fn version(package: &[u8]) -> String {
+    Sha256::digest(package)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_is_a_stable_content_hash() {
+        assert_eq!(super::version(b""), "e3b0c44298fc1c14");
+        assert_ne!(super::version(b"a"), super::version(b"b"));
+    }
+}
