@@ -89,11 +89,14 @@ kind = "chain"
 chain = ["session", "code-locality", "least-load"]
 "#;
 
-const POLICIES: [&str; 10] = [
+const POLICIES: [&str; 11] = [
     "round-robin",
     "random",
     "least-load",
     "code-locality",
+    // The same policy deciding without the import index (`View::new`): what
+    // the warm-worker knowledge is worth.
+    "code-locality-noindex",
     "code-locality-pkg",
     "consistent-hash",
     "openwhisk",
@@ -345,6 +348,10 @@ fn simulate(
     requests: usize,
     seed: u64,
 ) -> Stats {
+    let (policy, use_index) = match policy.strip_suffix("-noindex") {
+        Some(base) => (base, false),
+        None => (policy, true),
+    };
     let route = set.by_name(policy).expect("policy in config");
     let table = Workers::new(WORKERS);
     let mut r = Rng(seed);
@@ -509,7 +516,12 @@ fn simulate(
                     workers: &ws,
                     fn_hash: &fn_hash,
                 };
-                let picks = route.pick(&req, &View::with_warm(&table, &warm));
+                let view = if use_index {
+                    View::with_warm(&table, &warm)
+                } else {
+                    View::new(&table)
+                };
+                let picks = route.pick(&req, &view);
                 let wi = picks.first().expect("a worker");
                 table.start(wi);
                 let w = &mut ws[wi];
@@ -779,6 +791,7 @@ fn plot(runs: &[Run], path: &std::path::Path) -> Result<(), Box<dyn std::error::
         RGBColor(127, 127, 127),
         RGBColor(188, 189, 34),
         RGBColor(23, 190, 207),
+        RGBColor(0, 0, 0),
     ];
     let panels: [Panel; 4] = [
         (
