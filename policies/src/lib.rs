@@ -58,7 +58,7 @@ pub use openwhisk::OpenWhisk;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use session::Session;
-pub use set::{build_policy, PolicySet, Route};
+pub use set::{build_policy, glob_match, PolicySet, Route};
 pub use state::{NoWarm, View, Warm, WorkerState, Workers};
 
 pub use config::policy::{KeySource, LocalityKey, PolicyConfig, PolicyKind, RoutingConfig};

@@ -221,9 +221,10 @@ pub fn build_policy(pc: &PolicyConfig, keys: &[&str]) -> Arc<dyn Policy> {
     }
 }
 
-/// `*` matches any run (also empty), `?` one byte. Iterative with one
-/// backtrack point: O(pattern x name) worst case, no allocation.
-pub(crate) fn glob_match(p: &[u8], s: &[u8]) -> bool {
+/// The function-name glob of routes (and of the proxy's experiments): `*`
+/// matches any run (also empty), `?` one byte. Iterative with one backtrack
+/// point: O(pattern x name) worst case, no allocation.
+pub fn glob_match(p: &[u8], s: &[u8]) -> bool {
     let (mut pi, mut si) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while si < s.len() {
@@ -280,6 +281,8 @@ mod tests {
         assert!(!glob_match(b"a*b*c", b"axxbyy"));
         assert!(glob_match(b"*", b""));
         assert!(!glob_match(b"hello", b"hell"));
+        assert!(glob_match(b"h?llo", b"hallo"));
+        assert!(glob_match(b"a*b*c", b"aXbYbc"));
     }
 
     #[test]

@@ -34,7 +34,8 @@ use http::HeaderValue;
 use pingora::http::RequestHeader;
 use serde_json::{json, Value};
 
-use crate::routing::{glob_match, PolicyId, Routing};
+use crate::routing::{PolicyId, Routing};
+use policies::glob_match;
 
 /// Samples kept per arm (reservoir sampling, Algorithm R): enough for
 /// stable p99 estimates, small enough to bootstrap on the admin thread.

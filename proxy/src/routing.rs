@@ -19,7 +19,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use config::policy::{KeySource, PolicyKind, PolicyRef, RoutingConfig};
 use config::Invalid;
 use http::HeaderValue;
-use policies::{Picks, PolicySet, Request, View, Workers};
+use policies::{glob_match, Picks, PolicySet, Request, View, Workers};
 
 /// Which keys a policy (or a chain's members) needs from the request.
 #[derive(Clone, Debug, Default)]
@@ -203,44 +203,10 @@ fn needs_of(cfg: &RoutingConfig, name: &str) -> KeyNeeds {
     needs
 }
 
-/// `*` matches any run of bytes, `?` one byte.
-pub fn glob_match(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use config::policy::{PolicyConfig, RouteConfig};
-
-    #[test]
-    fn globs() {
-        assert!(glob_match(b"hello*", b"hello-world"));
-        assert!(glob_match(b"h?llo", b"hallo"));
-        assert!(glob_match(b"*", b""));
-        assert!(!glob_match(b"img-*", b"hello"));
-        assert!(glob_match(b"a*b*c", b"aXbYbc"));
-    }
 
     fn cfg() -> RoutingConfig {
         let mut sess = PolicyConfig::new("sess", PolicyKind::Session);
