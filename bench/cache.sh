@@ -17,33 +17,15 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-32}
-TMP=$(mktemp -d /tmp/ol-bench-cache.XXXXXX)
-chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] && echo "bench: kept $TMP" >&2 || rm -rf "$TMP"
-}
-trap cleanup EXIT
+. bench/lib.sh
+bench_init bench-cache
 
-for t in wrk curl; do
-  command -v "$t" >/dev/null || { echo "bench: $t missing: run scripts/setup.sh" >&2; exit 1; }
-done
+need_tools wrk curl
 
 echo "bench: building release binaries" >&2
 cargo build --release -q -p proxy -p workers
 BIN="$ROOT/target/release"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # port path log
-  for _ in $(seq 1 600); do
-    curl -s -o /dev/null "http://127.0.0.1:$1$2" && return 0
-    sleep 0.05
-  done
-  echo "bench: nothing answers on port $1" >&2; tail -20 "$3" >&2; exit 1
-}
 ticks() { read -r -a f < <(sed 's/^.*) //' "/proc/$1/stat"); echo $((f[11] + f[12])); }
 CLK=$(getconf CLK_TCK)
 

@@ -27,35 +27,15 @@ RUNS=${RUNS:-fixed,hello}
 ROUNDS=${ROUNDS:-2} # each target is measured ROUNDS times, interleaved; the
                     # round with the least CPU per request is reported (the
                     # one least disturbed by other load on the machine)
-TMP=$(mktemp -d /tmp/ol-bench.XXXXXX)
-chmod 755 "$TMP" # ol-worker sandbox users must reach their code
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] && echo "bench: kept $TMP" >&2 || rm -rf "$TMP"
-}
-trap cleanup EXIT
+. bench/lib.sh
+bench_init bench
 
-for t in wrk nginx haproxy curl; do
-  command -v "$t" >/dev/null || { echo "bench: $t missing: run scripts/setup.sh" >&2; exit 1; }
-done
+need_tools wrk nginx haproxy curl
 
 echo "bench: building release binaries" >&2
 cargo build --release -q -p proxy -p bare-pingora -p workers
 BIN="$ROOT/target/release"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # port [path [log]]
-  for _ in $(seq 1 600); do
-    curl -s -o /dev/null "http://127.0.0.1:$1${2:-/}" && return 0
-    sleep 0.05
-  done
-  echo "bench: nothing answers on port $1" >&2
-  [ -n "${3:-}" ] && tail -20 "$3" >&2
-  exit 1
-}
 ticks() { # pid... -> utime+stime of all, in clock ticks
   local sum=0
   for p in "$@"; do
@@ -129,26 +109,9 @@ if [[ $RUNS == *fixed* ]]; then
   UP=$(free_port); OLP=$(free_port); OLA=$(free_port); BARE=$(free_port); NGX=$(free_port); HAP=$(free_port)
 
   # The upstream: nginx answering every path with a tiny fixed body.
-  mkdir -p "$TMP/up" "$TMP/ngx"
-  cat >"$TMP/up/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $TMP/up/error.log crit;
-pid $TMP/up/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$UP;
-    location = /status { return 200 "ready\n"; }
-    location / { return 200 "hello\n"; }
-  }
-}
-EOF
-  nginx -c "$TMP/up/nginx.conf" -p "$TMP/up" & PIDS+=($!)
-  wait_port "$UP"
-  UP_PIDS=$(pgrep -P "${PIDS[-1]}" | tr '\n' ' ')" ${PIDS[-1]}"
+  mkdir -p "$TMP/ngx"
+  nginx_upstream "$UP"
+  UP_PIDS=$(pgrep -P "$UP_PID" | tr '\n' ' ')" $UP_PID"
 
   cat >"$TMP/olp.toml" <<EOF
 listen = "127.0.0.1:$OLP"

@@ -23,34 +23,16 @@ ROOT=$(pwd)
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
 RELOADS=${RELOADS:-20}
-TMP=$(mktemp -d /tmp/ol-reload-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] && echo "bench: kept $TMP" >&2 || rm -rf "$TMP"
-}
-trap cleanup EXIT
+. bench/lib.sh
+bench_init reload-bench
 
-for t in wrk nginx haproxy curl; do
-  command -v "$t" >/dev/null || { echo "bench: $t missing: run scripts/setup.sh" >&2; exit 1; }
-done
+need_tools wrk nginx haproxy curl
 if [ -z "${BIN:-}" ]; then
   echo "bench: building release binaries" >&2
   cargo build --release -q -p proxy
   BIN="$ROOT/target/release"
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 600); do
-    curl -s -o /dev/null "http://127.0.0.1:$1${2:-/}" && return 0
-    sleep 0.05
-  done
-  echo "bench: nothing answers on port $1" >&2
-  exit 1
-}
 
 RESULTS=() # name|requests|failed|rps|p50|p99|reloads
 
@@ -85,25 +67,8 @@ run() {
 UP=$(free_port); OLP=$(free_port); OLA=$(free_port); NGX=$(free_port); HAP=$(free_port)
 
 # The upstream.
-mkdir -p "$TMP/up" "$TMP/ngx"
-cat >"$TMP/up/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $TMP/up/error.log crit;
-pid $TMP/up/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$UP;
-    location = /status { return 200 "ready\n"; }
-    location / { return 200 "hello\n"; }
-  }
-}
-EOF
-nginx -c "$TMP/up/nginx.conf" -p "$TMP/up" & PIDS+=($!)
-wait_port "$UP"
+mkdir -p "$TMP/ngx"
+nginx_upstream "$UP"
 
 # ol-proxy: two configs that differ in the routing policy.
 for v in a b; do
