@@ -60,7 +60,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, OnceCell};
 
-use super::{Limits, Sandbox, SandboxError, SandboxManager, SandboxState};
+use super::{Limits, Sandbox, SandboxError, SandboxManager, SandboxState, Uid, UidPool};
 use crate::fsutil;
 use crate::registry::{CodeVersion, Registry, RegistryError};
 use config::function::Network;
@@ -181,7 +181,7 @@ struct Inner {
     prefix: String,
     instances_dir: PathBuf,
     /// Free sandbox uids when root; else every container runs as `own`.
-    uids: Option<Arc<Mutex<Vec<u32>>>>,
+    uids: Option<UidPool>,
     own: (u32, u32),
     next_id: AtomicU64,
     start_timeout: Duration,
@@ -246,12 +246,7 @@ impl Inner {
             format!("ol-edge-{:02x}{:02x}{:02x}", h[0], h[1], h[2])
         };
         let root = unsafe { libc::geteuid() } == 0;
-        let uids = root.then(|| {
-            let u = cfg.sandbox_user;
-            Arc::new(Mutex::new(
-                (u.uid_base..u.uid_base + u.uid_count).rev().collect(),
-            ))
-        });
+        let uids = root.then(|| UidPool::new(&cfg.sandbox_user));
         let own = unsafe { (libc::geteuid(), libc::getegid()) };
         let m = Inner {
             docker,
@@ -453,16 +448,8 @@ impl Inner {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let fname = code.map(|c| c.name.as_str()).unwrap_or("pool");
         let id = format!("{fname}-{n}");
-        let uid = match &self.uids {
-            Some(pool) => Some(
-                pool.lock()
-                    .unwrap()
-                    .pop()
-                    .ok_or_else(|| SandboxError::Setup("no free sandbox uid".into()))?,
-            ),
-            None => None,
-        };
-        let (user_uid, user_gid) = uid.map(|u| (u, u)).unwrap_or(self.own);
+        let uid = self.uids.as_ref().map(UidPool::take).transpose()?;
+        let (user_uid, user_gid) = uid.as_ref().map(|u| (u.get(), u.get())).unwrap_or(self.own);
         let dir = self.instances_dir.join(&id);
         let mut sb = DockerSandbox {
             docker: self.docker.clone(),
@@ -474,7 +461,6 @@ impl Inner {
             limits,
             start_timeout: self.start_timeout,
             uid,
-            uid_pool: self.uids.clone(),
             log: Arc::new(Mutex::new(Vec::new())),
             state: SandboxState::Created,
             init: None,
@@ -483,7 +469,7 @@ impl Inner {
         let setup = || -> std::io::Result<()> {
             fs::create_dir_all(&sb.dir)?;
             fsutil::set_mode(&sb.dir, 0o700)?;
-            if uid.is_some() {
+            if sb.uid.is_some() {
                 fsutil::chown(&sb.dir, user_uid, user_gid)?;
             }
             Ok(())
@@ -746,8 +732,8 @@ pub struct DockerSandbox {
     socket: PathBuf,
     limits: Limits,
     start_timeout: Duration,
-    uid: Option<u32>,
-    uid_pool: Option<Arc<Mutex<Vec<u32>>>>,
+    /// The container's own uid (root worker only), back to the pool on drop.
+    uid: Option<Uid>,
     /// The tail of the runtime's stderr.
     log: Arc<Mutex<Vec<u8>>>,
     state: SandboxState,
@@ -891,12 +877,6 @@ impl DockerSandbox {
             }
         }
     }
-
-    fn give_back_uid(&mut self) {
-        if let (Some(uid), Some(pool)) = (self.uid.take(), &self.uid_pool) {
-            pool.lock().unwrap().push(uid);
-        }
-    }
 }
 
 #[async_trait]
@@ -1016,7 +996,7 @@ impl Sandbox for DockerSandbox {
             remove_container(&self.docker, &self.container).await;
         }
         let _ = fs::remove_dir_all(&self.dir);
-        self.give_back_uid();
+        self.uid = None; // back to the pool
         self.state = SandboxState::Removed;
     }
 
@@ -1069,7 +1049,7 @@ impl Drop for DockerSandbox {
             return;
         }
         let _ = fs::remove_dir_all(&self.dir);
-        self.give_back_uid();
+        self.uid = None; // back to the pool
         if !self.container.is_empty() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let docker = self.docker.clone();

@@ -12,12 +12,59 @@ pub mod rpc;
 pub mod zygote;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::registry::CodeVersion;
+
+/// The unprivileged uids handlers run as, one per live instance, when the
+/// worker is root (no passwd entries needed). Shared by every backend.
+#[derive(Clone)]
+pub struct UidPool(Arc<Mutex<Vec<u32>>>);
+
+impl UidPool {
+    pub fn new(users: &config::worker::SandboxUserConfig) -> UidPool {
+        let free = (users.uid_base..users.uid_base + users.uid_count)
+            .rev()
+            .collect();
+        UidPool(Arc::new(Mutex::new(free)))
+    }
+
+    /// A uid for one sandbox, back in the pool when the `Uid` is dropped.
+    pub fn take(&self) -> Result<Uid, SandboxError> {
+        let id = self.0.lock().unwrap().pop();
+        let id = id.ok_or_else(|| SandboxError::Setup("no free sandbox uid".into()))?;
+        Ok(Uid {
+            id,
+            pool: self.clone(),
+        })
+    }
+
+    /// The uid `take` would give next, without taking it.
+    pub fn peek(&self) -> Option<u32> {
+        self.0.lock().unwrap().last().copied()
+    }
+}
+
+/// A uid on loan to one sandbox.
+pub struct Uid {
+    id: u32,
+    pool: UidPool,
+}
+
+impl Uid {
+    pub fn get(&self) -> u32 {
+        self.id
+    }
+}
+
+impl Drop for Uid {
+    fn drop(&mut self) {
+        self.pool.0.lock().unwrap().push(self.id);
+    }
+}
 
 /// Life cycle of a sandbox: Created -> Running <-> Paused -> Stopped -> Removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

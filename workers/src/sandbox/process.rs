@@ -36,7 +36,7 @@ use tokio::process::{Child, Command};
 
 use super::cgroup::{Cgroups, InstanceCgroup};
 use super::zygote::{self, ForkRequest, Zygote, Zygotes};
-use super::{Limits, Sandbox, SandboxError, SandboxManager, SandboxState};
+use super::{Limits, Sandbox, SandboxError, SandboxManager, SandboxState, Uid, UidPool};
 use crate::fsutil;
 use crate::packages::{PackageError, PackageStore, Pin};
 use crate::registry::{CodeVersion, Registry, RegistryError};
@@ -68,7 +68,7 @@ struct Inner {
     cgroups: Option<Cgroups>,
     cgroup_note: String,
     /// Free sandbox uids; `None` when not running as root.
-    uids: Option<Arc<Mutex<Vec<u32>>>>,
+    uids: Option<UidPool>,
     next_id: AtomicU64,
     packages: Arc<PackageStore>,
     zygotes: Zygotes,
@@ -120,21 +120,11 @@ impl ProcessManager {
         } else {
             (None, "rlimits (not root: no cgroups)".into())
         };
-        let uids = root.then(|| {
-            let u = cfg.sandbox_user;
-            Arc::new(Mutex::new(
-                (u.uid_base..u.uid_base + u.uid_count)
-                    .rev()
-                    .collect::<Vec<u32>>(),
-            ))
-        });
+        let uids = root.then(|| UidPool::new(&cfg.sandbox_user));
         let mut zcfg = cfg.zygotes.clone();
         let mut zygote_note = String::new();
         if zcfg.enabled {
-            if let Some(uid) = uids
-                .as_ref()
-                .and_then(|u| u.lock().unwrap().last().copied())
-            {
+            if let Some(uid) = uids.as_ref().and_then(UidPool::peek) {
                 if let Err(e) = probe_userns(&cfg.python, uid) {
                     tracing::warn!(error = %e, "zygotes disabled: forked instances need unprivileged user namespaces");
                     zcfg.enabled = false;
@@ -303,15 +293,7 @@ impl Inner {
         packages: Vec<PathBuf>,
         kind: Kind,
     ) -> Result<ProcessSandbox, SandboxError> {
-        let uid = match &self.uids {
-            Some(pool) => Some(
-                pool.lock()
-                    .unwrap()
-                    .pop()
-                    .ok_or_else(|| SandboxError::Setup("no free sandbox uid".into()))?,
-            ),
-            None => None,
-        };
+        let uid = self.uids.as_ref().map(UidPool::take).transpose()?;
         let mut sb = ProcessSandbox {
             id: id.to_string(),
             name: name.to_string(),
@@ -328,13 +310,13 @@ impl Inner {
             packages,
             kind,
             uid,
-            uid_pool: self.uids.clone(),
             cgroup: None,
             child: None,
             chan: None,
             pgid: 0,
             state: SandboxState::Created,
         };
+        let uid = sb.uid();
         let setup = || -> std::io::Result<()> {
             fs::create_dir_all(&sb.dir)?;
             fsutil::set_mode(&sb.dir, 0o700)?;
@@ -526,8 +508,8 @@ pub struct ProcessSandbox {
     /// Package store directories for the function's `sys.path`.
     packages: Vec<PathBuf>,
     kind: Kind,
-    uid: Option<u32>,
-    uid_pool: Option<Arc<Mutex<Vec<u32>>>>,
+    /// The instance's own uid (root worker only), back to the pool on drop.
+    uid: Option<Uid>,
     cgroup: Option<InstanceCgroup>,
     child: Option<Child>,
     /// A forked runtime's channel: the zygote writes its wait status here.
@@ -537,6 +519,10 @@ pub struct ProcessSandbox {
 }
 
 impl ProcessSandbox {
+    fn uid(&self) -> Option<u32> {
+        self.uid.as_ref().map(Uid::get)
+    }
+
     fn command(&mut self) -> std::io::Result<Command> {
         let mut cmd = Command::new(&self.python);
         cmd.arg("-I").arg("-S");
@@ -580,7 +566,7 @@ impl ProcessSandbox {
             .as_ref()
             .map(|c| c.procs_paths().to_vec())
             .unwrap_or_default();
-        let uid = self.uid;
+        let uid = self.uid();
         let has_memory_cgroup = self.cgroup.is_some();
         let mem_bytes = self.limits.memory_mb * 1024 * 1024;
         let nproc = self.limits.procs;
@@ -717,10 +703,10 @@ impl ProcessSandbox {
             .chain(self.env.iter().cloned())
             .collect(),
             packages: self.packages.clone(),
-            uid: self.uid,
+            uid: self.uid(),
             userns: self.uid.is_some(),
             netns: self.private_network,
-            nproc: self.uid.map(|_| self.limits.procs),
+            nproc: self.uid().map(|_| self.limits.procs),
             as_bytes: self
                 .cgroup
                 .is_none()
@@ -787,7 +773,7 @@ impl ProcessSandbox {
         mut reader: BufReader<tokio::net::UnixStream>,
     ) -> Result<(), SandboxError> {
         let prepare = || -> std::io::Result<()> {
-            if let Some(uid) = self.uid {
+            if let Some(uid) = self.uid() {
                 fs::write(format!("/proc/{pid}/uid_map"), format!("{uid} {uid} 1\n"))?;
                 fs::write(format!("/proc/{pid}/gid_map"), format!("{uid} {uid} 1\n"))?;
             }
@@ -815,7 +801,7 @@ impl ProcessSandbox {
         self.await_ready(&mut reader, START_TIMEOUT).await?;
         // The zygote reports the child's wait status here when it exits.
         self.chan = Some(reader);
-        if let Some(uid) = self.uid {
+        if let Some(uid) = self.uid() {
             if let Err(e) = zygote::check_dropped(pid, uid) {
                 self.stop().await;
                 return Err(SandboxError::Setup(e));
@@ -921,9 +907,7 @@ impl Sandbox for ProcessSandbox {
         }
         let _ = fs::remove_dir_all(&self.dir);
         let _ = fs::remove_file(&self.log);
-        if let (Some(uid), Some(pool)) = (self.uid.take(), &self.uid_pool) {
-            pool.lock().unwrap().push(uid);
-        }
+        self.uid = None; // back to the pool
         self.state = SandboxState::Removed;
     }
 
@@ -981,9 +965,6 @@ impl Drop for ProcessSandbox {
             self.kill_group();
             let _ = fs::remove_dir_all(&self.dir);
             let _ = fs::remove_file(&self.log);
-            if let (Some(uid), Some(pool)) = (self.uid.take(), &self.uid_pool) {
-                pool.lock().unwrap().push(uid);
-            }
         }
     }
 }
