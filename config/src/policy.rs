@@ -212,8 +212,11 @@ pub enum KeySource {
     Query(String),
     /// `key = { json = "user.id" }`: a dotted path into a JSON object body.
     Json(String),
-    /// `key = { protobuf = "1.3" }`: dotted field numbers into a protobuf
-    /// body (field 1, then its field 3).
+    /// `key = { protobuf = "1.3" }`: a field of a gRPC request message,
+    /// either by dotted field numbers (field 1, then its field 3) or by
+    /// name: the message's full name, then field names
+    /// (`"helloworld.HelloRequest.name"`), resolved with the descriptors
+    /// the workers serve.
     Protobuf(String),
 }
 
@@ -463,17 +466,30 @@ fn validate_key(k: &KeySource) -> Result<(), String> {
         KeySource::Json(_) if s.split('.').any(str::is_empty) => Err(format!(
             "json path {s:?} has an empty segment: use dotted keys like user.id"
         )),
-        KeySource::Protobuf(_)
-            if !s
-                .split('.')
-                .all(|n| matches!(n.parse::<u32>(), Ok(1..=536_870_911))) =>
-        {
-            Err(format!(
-                "protobuf path {s:?} must be dotted field numbers (1 to 536870911), e.g. \"1.3\""
-            ))
-        }
+        KeySource::Protobuf(_) if !protobuf_numbers(s) && !protobuf_names(s) => Err(format!(
+            "protobuf path {s:?} must be dotted field numbers (1 to 536870911), e.g. \"1.3\", \
+             or a message's full name then field names, e.g. \"helloworld.HelloRequest.name\""
+        )),
         _ => Ok(()),
     }
+}
+
+/// `"1.3"`: every segment a protobuf field number.
+pub fn protobuf_numbers(path: &str) -> bool {
+    path.split('.')
+        .all(|n| matches!(n.parse::<u32>(), Ok(1..=536_870_911)))
+}
+
+/// `"pkg.Message.field"`: at least a message and a field, every segment a
+/// protobuf identifier.
+fn protobuf_names(path: &str) -> bool {
+    path.split('.').count() >= 2
+        && path.split('.').all(|n| {
+            n.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
 }
 
 /// A route pattern: a function name (`^[A-Za-z0-9._-]+$`) in which `*` and
@@ -609,6 +625,24 @@ policy = "affinity"
         let text =
             "[[policies]]\nname = \"d\"\nkind = \"db-affinity\"\nkey = { protobuf = \"1.x\" }\n";
         assert!(err(text).contains("policies.0.key: protobuf path"));
+        for bad in ["name", "helloworld.1", "a..b", "a.b-c", "0"] {
+            let text = format!(
+                "[[policies]]\nname = \"d\"\nkind = \"db-affinity\"\nkey = {{ protobuf = \"{bad}\" }}\n"
+            );
+            assert!(
+                err(&text).contains("policies.0.key: protobuf path"),
+                "{bad}"
+            );
+        }
+        for good in ["1", "2.1", "helloworld.HelloRequest.name", "a.M.sub_msg.f2"] {
+            let text = format!(
+                "[[policies]]\nname = \"d\"\nkind = \"db-affinity\"\nkey = {{ protobuf = \"{good}\" }}\n"
+            );
+            assert!(
+                parse_toml::<RoutingConfig>(Path::new("p.toml"), &text).is_ok(),
+                "{good}"
+            );
+        }
         let text = "[[policies]]\nname = \"d\"\nkind = \"db-affinity\"\nkey = { smoke = \"x\" }\n";
         assert!(err(text).starts_with("p.toml:4"), "{}", err(text));
         let text = "[[policies]]\nname = \"c1\"\nkind = \"chain\"\nchain = [\"random\"]\n[[policies]]\nname = \"c2\"\nkind = \"chain\"\nchain = [\"c1\"]\n";

@@ -8,18 +8,24 @@
 //! The call is then routed exactly like `/run/<function>` (same route,
 //! policy and facts); the bytes go to the worker unchanged over h2c.
 //!
-//! Content: a policy key `{ protobuf = "1.3" }` is read from the first
-//! message of the call by field numbers, straight from the wire format, so
-//! no descriptors are needed on the request path.
+//! Content: a policy key `{ protobuf = ... }` is read from the first
+//! message of the call straight from the wire format, by field numbers.
+//! A key by number (`"1.3"`) is used as it is. A key by name
+//! (`"helloworld.HelloRequest.name"`) is resolved to numbers once per
+//! (method, key) with the service's descriptors, which a worker serves at
+//! `GET /grpc/<service>` (an encoded `FileDescriptorSet`), and cached for
+//! `TTL`: the request path itself never decodes descriptors. A key that
+//! names another message than the method's input gives no key (the call
+//! falls to the next policy, as any request without one); a key that names
+//! the input but a field it lacks is logged once per resolution.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pingora::http::RequestHeader;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use prost_reflect::{DescriptorPool, Kind};
 
 use crate::snapshot::Snapshot;
 
@@ -77,14 +83,7 @@ pub async fn function_for(service: &str, snap: &Snapshot) -> Option<String> {
         }
     };
     if stale {
-        let addrs: Vec<SocketAddr> = snap
-            .workers
-            .iter()
-            .filter(|w| w.healthy())
-            .chain(snap.workers.iter())
-            .map(|w| w.addr)
-            .collect();
-        for addr in addrs {
+        for addr in workers_to_ask(snap) {
             if let Some(map) = fetch_bindings(addr).await {
                 let mut c = cache().lock().unwrap();
                 c.map = map;
@@ -96,47 +95,143 @@ pub async fn function_for(service: &str, snap: &Snapshot) -> Option<String> {
     cache().lock().unwrap().map.get(service).cloned()
 }
 
-/// `GET /grpc/` from one worker (a hand-written HTTP/1.1 request, like the
-/// health probe: independent of the proxy's upstream pool).
+/// `GET /grpc/` from one worker: the bindings.
 async fn fetch_bindings(addr: SocketAddr) -> Option<HashMap<String, String>> {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        let req = format!(
-            "GET /grpc/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: ol-proxy-grpc\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.take(1 << 20).read_to_end(&mut buf).await.ok()?;
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-        let head = std::str::from_utf8(&buf[..end]).ok()?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return None;
-        }
-        serde_json::from_slice(&buf[end + 4..]).ok()
-    };
-    match tokio::time::timeout(FETCH_TIMEOUT, fut).await {
-        Ok(Some(m)) => Some(m),
-        _ => {
-            log::warn!("cannot read gRPC bindings from worker {addr} (GET /grpc/)");
+    let body = fetch(addr, "/grpc/").await?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// A `200` body of `GET <path>` from one worker; `None`, logged, otherwise.
+async fn fetch(addr: SocketAddr, path: &str) -> Option<Vec<u8>> {
+    match crate::health::http_get(addr, path, FETCH_TIMEOUT, 8 << 20).await {
+        Some((200, body)) => Some(body),
+        other => {
+            let why = other.map_or("no answer".to_string(), |(s, _)| format!("status {s}"));
+            log::warn!("cannot read {path} from worker {addr}: {why}");
             None
         }
     }
 }
 
-/// The key at dotted field numbers (`"1"`, `"2.1"`) of the first message
-/// of a gRPC request body (5-byte frame header, uncompressed). Strings and
+/// Field numbers of a resolved key, shared by every call of one method.
+pub type FieldNumbers = Arc<[u64]>;
+
+type Resolved = (Instant, Option<FieldNumbers>);
+
+fn resolved() -> &'static Mutex<HashMap<(String, String), Resolved>> {
+    static C: OnceLock<Mutex<HashMap<(String, String), Resolved>>> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+/// The field numbers of the policy key `key` for a call to `grpc_path`
+/// (`/<package>.<Service>/<Method>`): parsed when `key` is by number,
+/// resolved with the service's descriptors (cached) when it is by name.
+pub async fn field_numbers(key: &str, grpc_path: &str, snap: &Snapshot) -> Option<FieldNumbers> {
+    if config::policy::protobuf_numbers(key) {
+        return key.split('.').map(|n| n.parse().ok()).collect();
+    }
+    let service = service_of(grpc_path)?;
+    let method = grpc_path.rsplit('/').next()?;
+    let cache_key = (grpc_path.to_string(), key.to_string());
+    if let Some((at, r)) = resolved().lock().unwrap().get(&cache_key) {
+        if at.elapsed() < TTL {
+            return r.clone();
+        }
+    }
+    let mut result = None;
+    for addr in workers_to_ask(snap) {
+        let Some(body) = fetch(addr, &format!("/grpc/{service}")).await else {
+            continue;
+        };
+        result = match DescriptorPool::decode(body.as_slice()) {
+            Ok(pool) => match resolve(&pool, service, method, key) {
+                Ok(r) => r.map(Arc::from),
+                Err(e) => {
+                    log::warn!("policy key {{ protobuf = {key:?} }} for {grpc_path}: {e}");
+                    None
+                }
+            },
+            Err(e) => {
+                log::warn!(
+                    "worker {addr} served descriptors for {service} that do not decode: {e}"
+                );
+                continue;
+            }
+        };
+        break;
+    }
+    resolved()
+        .lock()
+        .unwrap()
+        .insert(cache_key, (Instant::now(), result.clone()));
+    result
+}
+
+/// Healthy workers first, then the rest.
+fn workers_to_ask(snap: &Snapshot) -> Vec<SocketAddr> {
+    snap.workers
+        .iter()
+        .filter(|w| w.healthy())
+        .chain(snap.workers.iter().filter(|w| !w.healthy()))
+        .map(|w| w.addr)
+        .collect()
+}
+
+/// `key` (`<message full name>.<field>[.<field>...]`) as field numbers for
+/// `service`/`method`. `Ok(None)` when the key is for another message than
+/// the method's input; `Err` when it names the input but cannot be read.
+fn resolve(
+    pool: &DescriptorPool,
+    service: &str,
+    method: &str,
+    key: &str,
+) -> Result<Option<Vec<u64>>, String> {
+    let svc = pool
+        .get_service_by_name(service)
+        .ok_or_else(|| format!("the descriptors do not define service {service}"))?;
+    let m = svc
+        .methods()
+        .find(|m| m.name() == method)
+        .ok_or_else(|| format!("{service} has no method {method}"))?;
+    let mut msg = m.input();
+    let Some(fields) = key
+        .strip_prefix(msg.full_name())
+        .and_then(|r| r.strip_prefix('.'))
+    else {
+        return Ok(None);
+    };
+    let mut numbers = Vec::new();
+    let mut names = fields.split('.').peekable();
+    while let Some(name) = names.next() {
+        let f = msg
+            .get_field_by_name(name)
+            .or_else(|| msg.get_field_by_json_name(name))
+            .ok_or_else(|| format!("{} has no field {name:?}", msg.full_name()))?;
+        if f.is_list() || f.is_map() {
+            return Err(format!("{}.{name} is repeated", msg.full_name()));
+        }
+        numbers.push(u64::from(f.number()));
+        match (f.kind(), names.peek()) {
+            (Kind::Message(sub), Some(_)) => msg = sub,
+            (_, Some(_)) => {
+                return Err(format!("{}.{name} is not a message", msg.full_name()));
+            }
+            (_, None) => {}
+        }
+    }
+    Ok(Some(numbers))
+}
+
+/// The key at field numbers (`[1]`, `[2, 1]`) of the first message of a
+/// gRPC request body (5-byte frame header, uncompressed). Strings and
 /// bytes as they are, integers in decimal; the last occurrence wins, as in
 /// protobuf. `None` when absent or malformed.
-pub fn protobuf_key(body: &[u8], path: &str) -> Option<Vec<u8>> {
+pub fn protobuf_key(body: &[u8], fields: &[u64]) -> Option<Vec<u8>> {
     if body.len() < 5 || body[0] != 0 {
         return None;
     }
     let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
     let mut msg = body.get(5..5 + len)?;
-    let fields: Vec<u64> = path
-        .split('.')
-        .map(|s| s.parse().ok())
-        .collect::<Option<_>>()?;
     let (last, parents) = fields.split_last()?;
     for f in parents {
         match find(msg, *f)? {
@@ -216,6 +311,85 @@ mod tests {
         v
     }
 
+    /// `package t; message Inner { string id = 4; }
+    /// message Req { string name = 1; Inner inner = 3; repeated string tags = 5; }
+    /// service S { rpc Call (Req) returns (Req); }`
+    fn pool() -> DescriptorPool {
+        use prost_reflect::prost_types::{
+            field_descriptor_proto::{Label, Type},
+            DescriptorProto, FieldDescriptorProto, FileDescriptorProto, MethodDescriptorProto,
+            ServiceDescriptorProto,
+        };
+        let field = |name: &str, n: i32, ty: Type, label: Label, type_name: Option<&str>| {
+            FieldDescriptorProto {
+                name: Some(name.into()),
+                number: Some(n),
+                r#type: Some(ty as i32),
+                label: Some(label as i32),
+                type_name: type_name.map(Into::into),
+                json_name: None,
+                ..Default::default()
+            }
+        };
+        let file = FileDescriptorProto {
+            name: Some("t.proto".into()),
+            package: Some("t".into()),
+            syntax: Some("proto3".into()),
+            message_type: vec![
+                DescriptorProto {
+                    name: Some("Inner".into()),
+                    field: vec![field("id", 4, Type::String, Label::Optional, None)],
+                    ..Default::default()
+                },
+                DescriptorProto {
+                    name: Some("Req".into()),
+                    field: vec![
+                        field("name", 1, Type::String, Label::Optional, None),
+                        field("inner", 3, Type::Message, Label::Optional, Some(".t.Inner")),
+                        field("tags", 5, Type::String, Label::Repeated, None),
+                    ],
+                    ..Default::default()
+                },
+            ],
+            service: vec![ServiceDescriptorProto {
+                name: Some("S".into()),
+                method: vec![MethodDescriptorProto {
+                    name: Some("Call".into()),
+                    input_type: Some(".t.Req".into()),
+                    output_type: Some(".t.Req".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut pool = DescriptorPool::new();
+        pool.add_file_descriptor_proto(file).unwrap();
+        pool
+    }
+
+    #[test]
+    fn keys_by_name_resolve_to_field_numbers() {
+        let p = pool();
+        let r = |key: &str| resolve(&p, "t.S", "Call", key);
+        assert_eq!(r("t.Req.name"), Ok(Some(vec![1])));
+        assert_eq!(r("t.Req.inner.id"), Ok(Some(vec![3, 4])));
+        // Another message than the method's input: no key, no error.
+        assert_eq!(r("t.Inner.id"), Ok(None));
+        assert_eq!(r("helloworld.HelloRequest.name"), Ok(None));
+        assert!(r("t.Req.nickname")
+            .unwrap_err()
+            .contains("no field \"nickname\""));
+        assert!(r("t.Req.tags").unwrap_err().contains("repeated"));
+        assert!(r("t.Req.name.x").unwrap_err().contains("not a message"));
+        assert!(resolve(&p, "t.S", "Nope", "t.Req.name")
+            .unwrap_err()
+            .contains("no method"));
+        assert!(resolve(&p, "t.T", "Call", "t.Req.name")
+            .unwrap_err()
+            .contains("service t.T"));
+    }
+
     #[test]
     fn services_and_keys() {
         assert_eq!(
@@ -225,17 +399,16 @@ mod tests {
         assert_eq!(service_of("/run/hello/x"), None);
         // HelloRequest { name: "Ada" }
         let b = frame(&[0x0a, 3, b'A', b'd', b'a']);
-        assert_eq!(protobuf_key(&b, "1"), Some(b"Ada".to_vec()));
-        assert_eq!(protobuf_key(&b, "2"), None);
+        assert_eq!(protobuf_key(&b, &[1]), Some(b"Ada".to_vec()));
+        assert_eq!(protobuf_key(&b, &[2]), None);
         // { 2: 300 (varint), 3: { 1: "x" }, 2: 7 } -> last 2 wins.
         let b = frame(&[0x10, 0xac, 0x02, 0x1a, 3, 0x0a, 1, b'x', 0x10, 7]);
-        assert_eq!(protobuf_key(&b, "2"), Some(b"7".to_vec()));
-        assert_eq!(protobuf_key(&b, "3.1"), Some(b"x".to_vec()));
+        assert_eq!(protobuf_key(&b, &[2]), Some(b"7".to_vec()));
+        assert_eq!(protobuf_key(&b, &[3, 1]), Some(b"x".to_vec()));
         // Malformed: truncated, compressed, not a number path.
-        assert_eq!(protobuf_key(&frame(&[0x0a, 9, b'A']), "1"), None);
+        assert_eq!(protobuf_key(&frame(&[0x0a, 9, b'A']), &[1]), None);
         let mut c = frame(&[0x0a, 1, b'A']);
         c[0] = 1;
-        assert_eq!(protobuf_key(&c, "1"), None);
-        assert_eq!(protobuf_key(&frame(&[0x0a, 1, b'A']), "name"), None);
+        assert_eq!(protobuf_key(&c, &[1]), None);
     }
 }

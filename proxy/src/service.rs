@@ -320,7 +320,10 @@ impl ProxyHttp for OlProxy {
                 }
             }
         } else if let (Some(pb_path), true) = (info.needs.protobuf_path(), grpc_fn.is_some()) {
-            // A field of the call's first message (grpc.rs).
+            // A field of the call's first message (grpc.rs); a key by name
+            // is resolved with the service's descriptors (cached).
+            let grpc_path = session.req_header().uri.path().to_string();
+            let fields = crate::grpc::field_numbers(pb_path, &grpc_path, &snap).await;
             let limit = snap.config.limits.inspect_body_bytes;
             match self.buffer_body(session, limit).await? {
                 None => {
@@ -330,7 +333,9 @@ impl ProxyHttp for OlProxy {
                     self.answer(session, ctx, 413, &msg, false).await?;
                     return Ok(true);
                 }
-                Some(body) => body_key = crate::grpc::protobuf_key(&body, pb_path),
+                Some(body) => {
+                    body_key = fields.and_then(|f| crate::grpc::protobuf_key(&body, &f));
+                }
             }
         }
 

@@ -1,8 +1,10 @@
 //! gRPC through the real ol-proxy to real ol-workers (h2c both sides): name
 //! inspection maps `/helloworld.Greeter/SayHello` to the function bound to
 //! the service (`examples/functions/greeter`), and a DB-affinity key read
-//! from the request message (`key = { protobuf = "1" }`, HelloRequest.name)
-//! keeps a name on one worker.
+//! from the request message keeps a name on one worker, whether the key is
+//! by field number (`key = { protobuf = "1" }`) or by name
+//! (`"helloworld.HelloRequest.name"`, resolved with the descriptors the
+//! workers serve).
 
 mod common;
 
@@ -52,7 +54,7 @@ struct Setup {
     ch: Channel,
 }
 
-async fn setup() -> Setup {
+async fn setup(key: &str) -> Setup {
     let wports = [free_port(), free_port()];
     let workers: Vec<Proc> = wports.iter().map(|p| start_worker(*p)).collect();
     let ports = Ports::new();
@@ -66,12 +68,13 @@ default_policy = "round-robin"
 [[routing.policies]]
 name = "db"
 kind = "db-affinity"
-key = { protobuf = "1" }
+key = { protobuf = "KEY" }
 [[routing.routes]]
 functions = ["greeter"]
 policy = "db"
-"#;
-    let proxy = start_proxy(&config(&ports, &wports, extra), &ports);
+"#
+    .replace("KEY", key);
+    let proxy = start_proxy(&config(&ports, &wports, &extra), &ports);
     wait_healthy(ports.admin, "", 2);
     let ch = Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.listen))
         .unwrap()
@@ -88,7 +91,7 @@ policy = "db"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn say_hello_through_the_proxy() {
-    let s = setup().await;
+    let s = setup("1").await;
     let r = say_hello(s.ch.clone(), "Ada").await.unwrap();
     assert!(!worker_of(&r).is_empty());
     assert_eq!(
@@ -126,13 +129,13 @@ async fn say_hello_through_the_proxy() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn db_affinity_on_a_message_field_keeps_a_name_on_one_worker() {
-    let s = setup().await;
+/// Same names, same worker; 30 names over both workers. Without a key
+/// the route falls to round-robin, so a key that is not read fails this.
+async fn names_keep_their_worker(ch: &Channel) {
     for name in ["alice", "bob"] {
         let mut seen = HashSet::new();
         for _ in 0..15 {
-            let r = say_hello(s.ch.clone(), name).await.unwrap();
+            let r = say_hello(ch.clone(), name).await.unwrap();
             seen.insert(worker_of(&r));
             assert_eq!(r.into_inner().message, format!("Hello {name}"));
         }
@@ -140,8 +143,36 @@ async fn db_affinity_on_a_message_field_keeps_a_name_on_one_worker() {
     }
     let mut all = HashSet::new();
     for i in 0..30 {
-        let r = say_hello(s.ch.clone(), &format!("user{i}")).await.unwrap();
+        let r = say_hello(ch.clone(), &format!("user{i}")).await.unwrap();
         all.insert(worker_of(&r));
     }
     assert_eq!(all.len(), 2, "30 names all on {all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_affinity_on_a_field_number_keeps_a_name_on_one_worker() {
+    let s = setup("1").await;
+    names_keep_their_worker(&s.ch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_affinity_on_a_field_name_keeps_a_name_on_one_worker() {
+    let s = setup("helloworld.HelloRequest.name").await;
+    names_keep_their_worker(&s.ch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_naming_a_missing_field_gives_no_key_but_calls_still_work() {
+    // HelloRequest has no `nickname`: the key never resolves, the proxy
+    // says why in its log, and calls go the least-load fallback.
+    let s = setup("helloworld.HelloRequest.nickname").await;
+    for _ in 0..5 {
+        let r = say_hello(s.ch.clone(), "alice").await.unwrap();
+        assert_eq!(r.into_inner().message, "Hello alice");
+    }
+    let log = s._proxy.log_text();
+    assert!(
+        log.contains(r#"helloworld.HelloRequest has no field "nickname""#),
+        "{log}"
+    );
 }
