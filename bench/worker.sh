@@ -25,6 +25,8 @@ max_per_function = $CONNS
 pause_after_ms = 60000
 evict_after_ms = 600000
 memory_budget_mb = 65536
+[zygotes]
+enabled = false   # cold starts here are fresh processes; bench/zygote.sh has the forks
 TOML
 target/release/ol-worker --config "$tmp/worker.toml" --listen "127.0.0.1:$port" \
   --registry "$tmp/registry" --work-dir "$tmp/work" 2>"$tmp/worker.log" &

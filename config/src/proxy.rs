@@ -102,7 +102,8 @@ pub struct CodeStoreConfig {
     /// Largest upload (and largest package fetched).
     pub max_upload_bytes: usize,
     /// A worker that ran a function counts as holding it (and its
-    /// packages) warm for this long (the import index).
+    /// packages) warm for this long (the import index). 0 turns the
+    /// import index off: policies then decide without it.
     pub warm_ms: u64,
 }
 
@@ -204,6 +205,9 @@ pub struct HealthConfig {
     pub rise: u32,
     /// Consecutive failures that take a healthy worker out.
     pub fall: u32,
+    /// How often each worker's `GET /stats` is read for `/metrics` (its
+    /// zygotes and package store); 0: never.
+    pub stats_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -308,6 +312,7 @@ impl Default for HealthConfig {
             timeout_ms: 500,
             rise: 2,
             fall: 2,
+            stats_interval_ms: 5000,
         }
     }
 }

@@ -146,8 +146,9 @@ impl Default for PackagesConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ZygotesConfig {
-    /// Fork cold starts from zygotes. Off by default: a cold start then
-    /// reports `start=zygote` instead of `start=cold`.
+    /// Fork cold starts from zygotes (on by default; the process backend
+    /// only). A forked start reports `start=zygote`; one that could not
+    /// fork (no zygote yet, `network: egress`) reports `start=cold`.
     pub enabled: bool,
     /// Package sets that get a zygote at start, each a list of
     /// `name==version` pins, e.g. `[["six==1.16.0"]]`.
@@ -164,7 +165,7 @@ pub struct ZygotesConfig {
 impl Default for ZygotesConfig {
     fn default() -> Self {
         ZygotesConfig {
-            enabled: false,
+            enabled: true,
             preload: Vec::new(),
             popular_after: 2,
             max: 8,

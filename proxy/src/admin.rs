@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::metrics::render;
 use crate::snapshot::{State, IN_FLIGHT};
+use crate::workers::Reported;
 
 pub struct Admin {
     pub state: Arc<State>,
@@ -142,6 +143,20 @@ impl Admin {
             crate::reload::RELOADS_OK.load(Ordering::Relaxed),
             crate::reload::RELOADS_FAILED.load(Ordering::Relaxed)
         );
+        // What workers report at /stats (health.rs polls it).
+        let polled: Vec<_> = snap
+            .workers
+            .iter()
+            .filter(|w| w.reported.polled.load(Ordering::Relaxed))
+            .collect();
+        for (i, (_, metric, kind, help, _)) in Reported::default().fields().into_iter().enumerate()
+        {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+            for w in &polled {
+                let v = w.reported.fields()[i].4.load(Ordering::Relaxed);
+                let _ = writeln!(out, "{metric}{{worker=\"{}\"}} {v}", w.key);
+            }
+        }
         crate::caches::render(&mut out, &snap.workers);
         out
     }

@@ -246,7 +246,8 @@ pub fn on_response(
                 .headers
                 .get("x-ol-timing")
                 .is_some_and(|t| c.reports.count(t.as_bytes()));
-            if ran {
+            // warm_ms = 0: the import index is off, nothing is recorded.
+            if ran && c.warm_ms != 0 {
                 let until = now_ms() + c.warm_ms;
                 w.warm.record(state.function_hash, until);
                 if let Some(p) = &state.pkg {

@@ -8,6 +8,9 @@
 //! checker independent of the proxy's connection pool (a pooled connection
 //! could hide a worker that stopped accepting).
 //!
+//! Stats: every `stats_interval_ms`, each worker's `GET /stats` is read
+//! into its `reported` gauges (zygotes, package store) for `/metrics`.
+//!
 //! DNS: every `dns_refresh_ms`, `workers.dns` is resolved; if the set of
 //! addresses changed, a snapshot with the new worker list is swapped in
 //! (known workers keep their state).
@@ -28,36 +31,48 @@ pub struct Background {
     pub state: Arc<State>,
 }
 
-/// One probe: true when the worker answered 200 and `ready`.
-pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
+/// `GET <path>` on a fresh connection to a worker (a hand-written
+/// HTTP/1.1 request, `Connection: close`): the status and the body (at
+/// most `limit` bytes), or `None` on any failure or after `timeout`. The
+/// health checker, the `/stats` poll and the gRPC lookups (grpc.rs) use
+/// it, independent of the proxy's connection pool (a pooled connection
+/// could hide a worker that stopped accepting).
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    limit: u64,
+) -> Option<(u16, Vec<u8>)> {
     let fut = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: ol-proxy-health\r\n\r\n");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: ol-proxy\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::with_capacity(256);
-        let mut chunk = [0u8; 512];
-        loop {
-            let n = s.read(&mut chunk).await.ok()?;
-            if n == 0 || buf.len() > 8192 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
+        let mut buf = Vec::with_capacity(512);
+        s.take(limit + 4096).read_to_end(&mut buf).await.ok()?;
         Some(buf)
     };
-    let Ok(Some(buf)) = tokio::time::timeout(timeout, fut).await else {
-        return false;
-    };
-    let ok_status = buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200");
-    let body = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| &buf[i + 4..]);
+    let mut buf = tokio::time::timeout(timeout, fut).await.ok()??;
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status = std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()?;
+    if !buf.starts_with(b"HTTP/1.") {
+        return None;
+    }
+    buf.drain(..end + 4);
+    buf.truncate(limit as usize);
+    Some((status, buf))
+}
+
+/// One probe: true when the worker answered 200 and `ready`.
+pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
     // A chunked body starts with its size line; accept `ready` in the
     // first few bytes either way.
-    ok_status
-        && body.is_some_and(|b| {
-            b.starts_with(b"ready") || b.windows(5).take(16).any(|w| w == b"ready")
+    http_get(addr, path, timeout, 8192)
+        .await
+        .is_some_and(|(status, b)| {
+            status == 200
+                && (b.starts_with(b"ready") || b.windows(5).take(16).any(|w| w == b"ready"))
         })
 }
 
@@ -107,6 +122,28 @@ impl Background {
         }
     }
 
+    /// Reads each worker's `GET /stats` into its `reported` gauges.
+    async fn poll_stats(&self) {
+        let snap = self.state.snap.load_full();
+        let timeout = Duration::from_millis(snap.config.health.timeout_ms);
+        let polls: Vec<_> = snap
+            .workers
+            .iter()
+            .map(|w| {
+                let w = w.clone();
+                tokio::spawn(async move {
+                    match http_get(w.addr, "/stats", timeout, 64 << 10).await {
+                        Some((200, body)) if w.reported.update(&body) => {}
+                        _ => log::debug!("worker {}: no /stats this round", w.addr),
+                    }
+                })
+            })
+            .collect();
+        for p in polls {
+            let _ = p.await;
+        }
+    }
+
     async fn refresh_dns(&self, last: &mut Vec<SocketAddr>) {
         let snap = self.state.snap.load_full();
         let name = snap.config.workers.dns.clone();
@@ -140,11 +177,17 @@ impl BackgroundService for Background {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut last_dns: Vec<SocketAddr> = Vec::new();
         let mut next_dns = Instant::now();
+        let mut next_stats = Instant::now();
         loop {
             if Instant::now() >= next_dns {
                 self.refresh_dns(&mut last_dns).await;
                 let ms = self.state.snap.load().config.workers.dns_refresh_ms;
                 next_dns = Instant::now() + Duration::from_millis(ms);
+            }
+            let stats_ms = self.state.snap.load().config.health.stats_interval_ms;
+            if stats_ms > 0 && Instant::now() >= next_stats {
+                self.poll_stats().await;
+                next_stats = Instant::now() + Duration::from_millis(stats_ms);
             }
             self.check_all().await;
             let interval = Duration::from_millis(self.state.snap.load().config.health.interval_ms);

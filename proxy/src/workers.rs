@@ -9,7 +9,7 @@
 //! known keeps its `Arc<Worker>`, so its health and counters carry over.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -33,6 +33,88 @@ pub struct Worker {
     pub stats: Stats,
     /// What the proxy believes this worker holds warm (the import index).
     pub warm: crate::import_index::WorkerWarm,
+    /// What the worker itself last reported at `GET /stats`.
+    pub reported: Reported,
+}
+
+/// `(/stats key, metric, type, help, value)`.
+pub type ReportedField<'a> = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'a AtomicU64,
+);
+
+/// Gauges a worker reports at `GET /stats` (its zygotes and package
+/// store), polled every `health.stats_interval_ms` and shown on `/metrics`.
+#[derive(Default)]
+pub struct Reported {
+    /// Whether any poll has succeeded (nothing is shown before).
+    pub polled: AtomicBool,
+    pub zygotes_live: AtomicU64,
+    pub zygotes_created: AtomicU64,
+    pub zygote_fallbacks: AtomicU64,
+    pub packages_installed: AtomicU64,
+    pub packages_install_failed: AtomicU64,
+}
+
+impl Reported {
+    /// Each gauge: its `/stats` key, its metric name, type and help, and
+    /// where it is kept.
+    pub fn fields(&self) -> [ReportedField<'_>; 5] {
+        [
+            (
+                "zygotes.live",
+                "ol_proxy_worker_zygotes",
+                "gauge",
+                "Zygotes the worker keeps now.",
+                &self.zygotes_live,
+            ),
+            (
+                "zygotes.created",
+                "ol_proxy_worker_zygotes_created_total",
+                "counter",
+                "Zygotes the worker has created.",
+                &self.zygotes_created,
+            ),
+            (
+                "zygotes.fallbacks",
+                "ol_proxy_worker_zygote_fallbacks_total",
+                "counter",
+                "Cold starts that wanted a zygote but started a fresh process.",
+                &self.zygote_fallbacks,
+            ),
+            (
+                "packages.installed",
+                "ol_proxy_worker_packages_installed_total",
+                "counter",
+                "Package versions the worker has installed into its package store.",
+                &self.packages_installed,
+            ),
+            (
+                "packages.install-failed",
+                "ol_proxy_worker_package_install_failures_total",
+                "counter",
+                "Package installs that failed on the worker.",
+                &self.packages_install_failed,
+            ),
+        ]
+    }
+
+    /// Takes the values from a `/stats` JSON body; false when it is not one.
+    pub fn update(&self, stats_json: &[u8]) -> bool {
+        let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(stats_json) else {
+            return false;
+        };
+        for (key, _, _, _, slot) in self.fields() {
+            if let Some(v) = m.get(key).and_then(serde_json::Value::as_u64) {
+                slot.store(v, Ordering::Relaxed);
+            }
+        }
+        self.polled.store(true, Ordering::Relaxed);
+        true
+    }
 }
 
 impl Worker {
@@ -50,6 +132,7 @@ impl Worker {
             fail_streak: AtomicU32::new(0),
             stats: Stats::default(),
             warm: Default::default(),
+            reported: Default::default(),
         })
     }
 

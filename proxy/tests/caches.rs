@@ -413,3 +413,73 @@ fn http_backing_store_is_fronted() {
     let _ = std::fs::remove_dir_all(&src);
     let _ = std::fs::remove_dir_all(&store);
 }
+
+/// Polls `/metrics` until the line starting with `line_start` reads at
+/// least `min` (15 s at most); returns the last value.
+fn wait_metric(admin: u16, line_start: &str, min: f64) -> f64 {
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = http(admin, "GET", "/metrics", &[], b"").text();
+        let v = m
+            .lines()
+            .find_map(|l| l.strip_prefix(line_start))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        if v >= min || Instant::now() > end {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn worker_zygotes_on_metrics_and_the_import_index_off() {
+    // One worker with zygotes on (its root zygote starts at once); the
+    // proxy reads its /stats every 200 ms, and has the import index off.
+    let store = store();
+    let wp = free_port();
+    let ports = Ports::new();
+    let extra = format!(
+        "[health]\ninterval_ms = 100\nrise = 1\nfall = 1\nstats_interval_ms = 200\n\n[code_store]\nbacking = \"{}\"\nwarm_ms = 0\n",
+        store.display()
+    );
+    let _proxy = start_proxy(&config(&ports, &[wp], &extra), &ports);
+    let wcfg = temp_dir("zygote-cfg").join("worker.toml");
+    std::fs::write(&wcfg, "[zygotes]\nenabled = true\n").unwrap();
+    let _worker = common::start_worker_with(
+        wp,
+        store.to_str().unwrap(),
+        &["--config", wcfg.to_str().unwrap()],
+    );
+    wait_healthy(ports.admin, "", 1);
+    let w = format!("{{worker=\"127.0.0.1:{wp}\"}} ");
+    let live = wait_metric(ports.admin, &format!("ol_proxy_worker_zygotes{w}"), 1.0);
+    assert!(
+        live >= 1.0,
+        "the root zygote, from the worker's /stats: {live}"
+    );
+    let created = metric(
+        ports.admin,
+        &format!("ol_proxy_worker_zygotes_created_total{w}"),
+    );
+    assert!(created >= 1.0, "{created}");
+
+    let r = http(ports.listen, "POST", "/run/hello", &[], b"{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let timing = r.header("x-ol-timing").unwrap_or("").to_string();
+    assert!(timing.ends_with("start=zygote"), "{timing}");
+    assert_eq!(
+        metric(
+            ports.admin,
+            "ol_proxy_worker_starts_total{start=\"zygote\"} "
+        ),
+        1.0
+    );
+    // warm_ms = 0: the run was seen, but nothing enters the import index.
+    assert_eq!(
+        metric(ports.admin, &format!("ol_proxy_import_index_entries{w}")),
+        0.0
+    );
+    let _ = std::fs::remove_dir_all(&store);
+    let _ = std::fs::remove_dir_all(wcfg.parent().unwrap());
+}

@@ -374,3 +374,19 @@ fn forked_exits_are_reported_and_a_dead_zygote_falls_back() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(pgrep(&zygote).is_empty(), "{:?}", pgrep(&zygote));
 }
+
+#[test]
+fn zygotes_are_on_by_default_and_can_be_turned_off() {
+    let w = Worker::start(Options::default());
+    assert!(wait_for_zygotes(&w, 1), "no root zygote: {}", w.stats());
+    assert_eq!(w.post("/run/hello", b"{}").start(), "zygote");
+
+    let off = Worker::start(Options {
+        toml: "[zygotes]\nenabled = false\n",
+        ..Default::default()
+    });
+    assert_eq!(off.post("/run/hello", b"{}").start(), "cold");
+    let s = off.stats();
+    assert_eq!(s["zygotes.live"], 0, "{s}");
+    assert_eq!(s["zygotes.created"], 0, "{s}");
+}

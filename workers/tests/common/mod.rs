@@ -29,7 +29,14 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
-    /// `start=` of `x-ol-timing`: cold, warm or unpaused.
+    /// Whether the call got a new instance: `start=cold` (a fresh
+    /// process or container) or `start=zygote` (forked from a zygote, the
+    /// process backend's default).
+    pub fn new_instance(&self) -> bool {
+        matches!(self.start(), "cold" | "zygote")
+    }
+
+    /// `start=` of `x-ol-timing`: cold, zygote, warm or unpaused.
     pub fn start(&self) -> &str {
         let t = self.header("x-ol-timing").unwrap_or("");
         t.split(';')
