@@ -13,7 +13,7 @@
 #   loc-index       code-locality, warm_ms = 60000 (the default)
 # Cold starts are counted from each response's x-ol-timing (start=cold).
 #
-#   bench/locality.sh            (ROUNDS=2 CALLS=1500 CONC=8 FUNCTIONS=24 WORKERS=4)
+#   bench/locality.sh   (env: ROUNDS=2 CALLS=1500 CONC=8 FUNCTIONS=24 WORKERS=4 SLOTS=8 SLEEP_MS=10)
 # Needs python3 and curl (scripts/setup.sh). Prints a markdown table.
 set -euo pipefail
 
@@ -25,7 +25,7 @@ CONC=${CONC:-8}
 FUNCTIONS=${FUNCTIONS:-24}
 WORKERS=${WORKERS:-4}
 SLEEP_MS=${SLEEP_MS:-10}
-SLOTS=${SLOTS:-4}   # instances each worker's memory budget holds
+SLOTS=${SLOTS:-8}   # instances each worker's memory budget holds
 . bench/lib.sh
 bench_init bench-locality
 need_tools curl python3

@@ -74,10 +74,11 @@ impl Ring {
     /// Bounded loads. The bound is b = (1+e) x (in-flight + 1) / workers.
     /// Eligible owners are visited clockwise; a worker is *under* when its
     /// in-flight count + 1 <= b, *at* when it is below ceil(b) (always
-    /// feasible: some worker is), *over* otherwise. The choice is the first
-    /// under worker among the first [`LOOK`] distinct ones (preferring one
-    /// that holds `warm_key` warm, when given), else the first under or at
-    /// worker further on. The rest follow: under, at, then over, in ring
+    /// feasible: some worker is), *over* otherwise. The choice is, among
+    /// the first [`LOOK`] distinct ones, a worker that holds `warm_key`
+    /// warm (when given) and is under, else one that is warm and at, else
+    /// the first under worker; else the first under or at worker further
+    /// on. The rest follow: under, at, then over, in ring
     /// order. Typically walks a handful of points; a full turn at worst.
     #[inline]
     pub(crate) fn pick_bounded(
@@ -133,15 +134,19 @@ impl Ring {
         let seen = &seen[..len];
         let mut p = Picks::new();
         let first_under = seen.iter().take(LOOK).position(|s| s.1 == 0);
-        let choice = match (first_under, warm_key) {
-            (Some(i), Some(k)) => seen
-                .iter()
+        // A warm worker among the first LOOK: under the bound first, then
+        // at it (still within the cap): a cold start costs more than the
+        // one extra call an at-bound worker takes.
+        let warm = |class: u8| {
+            let k = warm_key?;
+            seen.iter()
                 .take(LOOK)
-                .position(|s| s.1 == 0 && view.warm.is_warm(s.0 as usize, k))
-                .or(Some(i)),
-            (Some(i), None) => Some(i),
-            (None, _) => seen.iter().position(|s| s.1 < 2),
+                .position(|s| s.1 == class && view.warm.is_warm(s.0 as usize, k))
         };
+        let choice = warm(0)
+            .or_else(|| warm(1))
+            .or(first_under)
+            .or_else(|| seen.iter().position(|s| s.1 < 2));
         match choice {
             Some(i) => {
                 p.push(seen[i].0 as usize);
@@ -198,5 +203,37 @@ mod tests {
         assert_eq!(p.len(), 4);
         assert_eq!(p.get(3), Some(home), "capped home is the last resort");
         assert_eq!(r.pick_plain(42, &View::new(&w)).first(), Some(home));
+    }
+
+    /// The only worker holding key 7 warm.
+    struct WarmOn(usize);
+    impl crate::Warm for WarmOn {
+        fn is_warm(&self, w: usize, key: u64) -> bool {
+            w == self.0 && key == 7
+        }
+    }
+
+    #[test]
+    fn a_warm_worker_at_the_bound_beats_a_cold_one_under_it() {
+        let r = Ring::build(&["a", "b", "c", "d"], 32);
+        let idle = Workers::new(4);
+        let order = r.pick_plain(42, &View::new(&idle));
+        let (home, second) = (order.get(0).unwrap(), order.get(1).unwrap());
+        // 4 in flight in all: bound 1.25 x 5/4 = 1.56, so 1 in flight is
+        // *at* the bound (cap 2) and 0 is under it.
+        let mut s = vec![(true, 1, 0); 4];
+        s[second].1 = 0;
+        s[(0..4).find(|w| *w != home && *w != second).unwrap()].1 = 2;
+        let w = Workers::from_snapshot(&s);
+        let cold = r.pick_bounded(42, &View::new(&w), 1.25, Some(7));
+        assert_eq!(cold.first(), Some(second), "no index: the under worker");
+        let warm = WarmOn(home);
+        let p = r.pick_bounded(42, &View::with_warm(&w, &warm), 1.25, Some(7));
+        assert_eq!(p.first(), Some(home), "the warm home, at the bound");
+        // Over the cap, warm or not, it is not chosen.
+        s[home].1 = 3;
+        let w = Workers::from_snapshot(&s);
+        let p = r.pick_bounded(42, &View::with_warm(&w, &warm), 1.25, Some(7));
+        assert_ne!(p.first(), Some(home));
     }
 }
