@@ -451,6 +451,13 @@ pub fn fake_upstream(handler: fn(&mut TcpStream, &[u8])) -> Fake {
                     );
                     return;
                 }
+                // The proxy's poll of a worker's /stats: a fake has none.
+                if buf.starts_with(b"GET /stats ") {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    return;
+                }
                 c3.fetch_add(1, Ordering::Relaxed);
                 handler(&mut s, &buf);
             });
