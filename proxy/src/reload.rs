@@ -15,7 +15,8 @@
 //! snapshot, so keep-alive connections stay open across reloads. Settings
 //! that pingora fixes at start (`listen`, `admin.listen`, `threads`,
 //! `local_workers`, `limits.keepalive_pool`, `timeouts.shutdown_grace_ms`,
-//! and `retries` above the value at start) cannot change without a restart:
+//! `retries` above the value at start) and the caches, built once at start
+//! (`[code_store]`, `[result_cache]`), cannot change without a restart:
 //! a reload keeps the running values and says so in the log and the outcome.
 //!
 //! Worker state carries over: a worker present before and after keeps its
@@ -161,6 +162,20 @@ fn pin_restart_only(r: &Reloader, new: &mut ProxyConfig) -> Vec<String> {
             r.local.len()
         ));
     }
+    // The caches are built once at start (caches::init): their sizes,
+    // backing store and timings stay as they were.
+    if new.code_store != old.code_store {
+        out.push(format!(
+            "code_store: changed; needs a restart (still backing {:?}, ttl_ms {}, warm_ms {})",
+            run.code_store.backing, run.code_store.ttl_ms, run.code_store.warm_ms
+        ));
+    }
+    if new.result_cache != old.result_cache {
+        out.push(format!(
+            "result_cache: changed; needs a restart (still max_bytes {}, max_entry_bytes {})",
+            run.result_cache.max_bytes, run.result_cache.max_entry_bytes
+        ));
+    }
     if new.retries > run.retries {
         out.push(format!(
             "retries: {} -> {} above the value at start needs a restart (capped at {})",
@@ -174,6 +189,8 @@ fn pin_restart_only(r: &Reloader, new: &mut ProxyConfig) -> Vec<String> {
     new.local_workers = run.local_workers.clone();
     new.limits.keepalive_pool = run.limits.keepalive_pool;
     new.timeouts.shutdown_grace_ms = run.timeouts.shutdown_grace_ms;
+    new.code_store = run.code_store.clone();
+    new.result_cache = run.result_cache.clone();
     out
 }
 

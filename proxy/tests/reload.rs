@@ -187,7 +187,8 @@ fn admin_reload_reports_outcome_and_restart_only_settings() {
         http(ports.admin, "GET", "/admin/reload", &[], b"").status,
         405
     );
-    let b = cfg(&ports, &[wp], "random", "B").replace("threads = 2", "threads = 1");
+    let b = cfg(&ports, &[wp], "random", "B").replace("threads = 2", "threads = 1")
+        + "\n[result_cache]\nmax_bytes = 10000000\n";
     write_atomic(&file, &b);
     let r = http(ports.admin, "POST", "/admin/reload", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -200,6 +201,13 @@ fn admin_reload_reports_outcome_and_restart_only_settings() {
         notes
             .iter()
             .any(|n| n.as_str().unwrap().starts_with("threads: 2 -> 1")),
+        "{o}"
+    );
+    assert!(
+        notes.iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .starts_with("result_cache: changed; needs a restart")),
         "{o}"
     );
     let st: serde_json::Value =
