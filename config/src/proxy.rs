@@ -192,13 +192,18 @@ pub struct LocalWorkersConfig {
 }
 
 /// Active health checks: `GET <path>` expecting 200 and a body starting
-/// with `ready`.
+/// with `ready`, or the standard gRPC health check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
     /// false: every worker is always taken as healthy.
     pub enabled: bool,
+    /// `http`: `GET <path>`; `grpc`: `grpc.health.v1.Health/Check` of
+    /// `grpc_service` over h2c, healthy when the answer is `SERVING`.
+    pub protocol: HealthProtocol,
     pub path: String,
+    /// The service a gRPC check asks about; "" is the server as a whole.
+    pub grpc_service: String,
     pub interval_ms: u64,
     pub timeout_ms: u64,
     /// Consecutive successes that bring an unhealthy worker back.
@@ -303,11 +308,22 @@ impl Default for LocalWorkersConfig {
     }
 }
 
+/// How a health check asks (`health.protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthProtocol {
+    #[default]
+    Http,
+    Grpc,
+}
+
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
             enabled: true,
+            protocol: HealthProtocol::Http,
             path: "/status".into(),
+            grpc_service: String::new(),
             interval_ms: 1000,
             timeout_ms: 500,
             rise: 2,
@@ -416,6 +432,19 @@ impl ProxyConfig {
         }
         if !self.health.path.starts_with('/') {
             return Err(Invalid::new("health.path", "must start with /"));
+        }
+        let service_ok = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
+        };
+        if !service_ok(&self.health.grpc_service) {
+            return Err(Invalid::new(
+                "health.grpc_service",
+                format!(
+                    "{:?} is not a gRPC service name (<package>.<Service>, or \"\" for the whole server)",
+                    self.health.grpc_service
+                ),
+            ));
         }
         let positive = [
             ("health.interval_ms", self.health.interval_ms),
@@ -543,6 +572,11 @@ policy = "round-robin"
             "p.toml:3: health.fall: must be greater than 0"
         );
         assert!(err("[workers]\ndns = \"nope\"\n").starts_with("p.toml:2: workers.dns:"));
+        assert!(
+            err("[health]\nprotocol = \"grpc\"\ngrpc_service = \"a/b\"\n")
+                .contains("health.grpc_service: \"a/b\" is not a gRPC service name")
+        );
+        assert!(err("[health]\nprotocol = \"tcp\"\n").contains("unknown variant"));
         assert!(err("listen = \"x\"\n").starts_with("p.toml:1: "));
         assert!(err("[timeouts]\nconect_ms = 1\n").contains("unknown field"));
         let e = err("[routing]\n[[routing.policies]]\nname = \"s\"\nkind = \"session\"\n");

@@ -222,6 +222,63 @@ fn resolve(
     Ok(Some(numbers))
 }
 
+/// The standard gRPC health check of one worker: `grpc.health.v1.Health/
+/// Check` of `service` ("" is the whole server) on a fresh h2c connection
+/// (prior knowledge, like the proxy's upstream h2c). True when the call
+/// succeeds (`grpc-status: 0`) and the reply's `status` (field 1) is
+/// `SERVING` (1).
+pub async fn health_check(addr: SocketAddr, service: &str, timeout: Duration) -> bool {
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (client, conn) = h2::client::handshake(tcp).await.ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut client = client.ready().await.ok()?;
+        let req = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .header(http::header::USER_AGENT, "ol-proxy-health")
+            .body(())
+            .ok()?;
+        let (resp, mut send) = client.send_request(req, false).ok()?;
+        // HealthCheckRequest { string service = 1; }, in one gRPC frame.
+        let mut msg = Vec::with_capacity(2 + service.len());
+        if !service.is_empty() {
+            msg.push(0x0a);
+            msg.push(u8::try_from(service.len()).ok().filter(|n| *n < 0x80)?);
+            msg.extend_from_slice(service.as_bytes());
+        }
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&msg);
+        send.send_data(bytes::Bytes::from(frame), true).ok()?;
+        let resp = resp.await.ok()?;
+        if resp.status() != http::StatusCode::OK {
+            return Some(false);
+        }
+        let trailers_only = resp.headers().get("grpc-status").cloned();
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.ok()?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            buf.extend_from_slice(&chunk);
+            if buf.len() > 4096 {
+                return Some(false);
+            }
+        }
+        let trailers = body.trailers().await.ok()?;
+        let status = trailers_only.or_else(|| trailers?.get("grpc-status").cloned())?;
+        Some(status == "0" && protobuf_key(&buf, &[1]).as_deref() == Some(b"1"))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 /// The key at field numbers (`[1]`, `[2, 1]`) of the first message of a
 /// gRPC request body (5-byte frame header, uncompressed). Strings and
 /// bytes as they are, integers in decimal; the last occurrence wins, as in

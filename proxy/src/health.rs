@@ -2,7 +2,9 @@
 //! pingora background service.
 //!
 //! Health: every `interval_ms`, each worker gets `GET <path>` on a fresh
-//! connection; a 200 whose body starts with `ready` is a success. The
+//! connection; a 200 whose body starts with `ready` is a success. With
+//! `protocol = "grpc"` the check is `grpc.health.v1.Health/Check` over h2c
+//! instead (grpc.rs), and `SERVING` is a success. The
 //! result goes into the worker's atomics (`rise`/`fall` streaks), which the
 //! very next routing decision sees. A hand-written HTTP/1.1 probe keeps the
 //! checker independent of the proxy's connection pool (a pooled connection
@@ -24,6 +26,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use config::proxy::HealthProtocol;
 
 use crate::snapshot::State;
 
@@ -98,9 +102,13 @@ impl Background {
         let checks = snap.workers.iter().map(|w| {
             let w = w.clone();
             let path = h.path.clone();
+            let grpc = (h.protocol == HealthProtocol::Grpc).then(|| h.grpc_service.clone());
             let (rise, fall) = (h.rise, h.fall);
             async move {
-                let ok = probe(w.addr, &path, timeout).await;
+                let ok = match grpc {
+                    Some(service) => crate::grpc::health_check(w.addr, &service, timeout).await,
+                    None => probe(w.addr, &path, timeout).await,
+                };
                 if let Some(now) = w.record_check(ok, rise, fall) {
                     log::info!(
                         "worker {} is now {}",

@@ -176,3 +176,45 @@ async fn a_key_naming_a_missing_field_gives_no_key_but_calls_still_work() {
         "{log}"
     );
 }
+
+/// A proxy whose health checks are gRPC `Health/Check` of `service`.
+fn grpc_health_proxy(wports: &[u16], service: &str) -> (Ports, Proc) {
+    let ports = Ports::new();
+    let extra = format!(
+        "h2c = true\n\n[health]\nprotocol = \"grpc\"\ngrpc_service = \"{service}\"\ninterval_ms = 100\nrise = 1\nfall = 1\n"
+    );
+    let p = start_proxy(&config(&ports, wports, &extra), &ports);
+    (ports, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_checks_take_workers_in_and_out() {
+    let wports = [free_port(), free_port()];
+    let mut workers: Vec<Proc> = wports.iter().map(|p| start_worker(*p)).collect();
+    // A bound service is SERVING on both workers.
+    let (ports, _p) = grpc_health_proxy(&wports, "helloworld.Greeter");
+    wait_healthy(ports.admin, "", 2);
+    let ch = Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.listen))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        say_hello(ch, "Ada").await.unwrap().into_inner().message,
+        "Hello Ada"
+    );
+    // A service nothing binds is NOT_FOUND: no worker is healthy.
+    let (bad, _bp) = grpc_health_proxy(&wports, "nope.Nothing");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(healthy_count(bad.admin, ""), 0);
+    // A worker that stops answering leaves.
+    drop(workers.pop());
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while healthy_count(ports.admin, "") != 1 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the stopped worker stayed healthy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
