@@ -31,7 +31,13 @@ use crate::snapshot::Snapshot;
 
 const TTL: Duration = Duration::from_secs(5);
 const MISS_RETRY: Duration = Duration::from_secs(1);
-const FETCH_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Workers compile a function's protos when their service index is
+/// rebuilt, which a loaded machine can take a while to do.
+const FETCH_TIMEOUT: Duration = Duration::from_millis(3000);
+
+/// The generic invoke service (`workers/proto/ol/lambda.proto`): its calls
+/// route as the function `InvokeRequest.name` (field 1) names.
+pub const INVOKE_SERVICE: &str = "ol.Lambda";
 
 /// `content-type: application/grpc*` (not gRPC-Web).
 pub fn is_call(req: &RequestHeader) -> bool {
@@ -116,6 +122,7 @@ async fn fetch(addr: SocketAddr, path: &str) -> Option<Vec<u8>> {
 /// Field numbers of a resolved key, shared by every call of one method.
 pub type FieldNumbers = Arc<[u64]>;
 
+/// A resolution and until when it holds.
 type Resolved = (Instant, Option<FieldNumbers>);
 
 fn resolved() -> &'static Mutex<HashMap<(String, String), Resolved>> {
@@ -133,20 +140,28 @@ pub async fn field_numbers(key: &str, grpc_path: &str, snap: &Snapshot) -> Optio
     let service = service_of(grpc_path)?;
     let method = grpc_path.rsplit('/').next()?;
     let cache_key = (grpc_path.to_string(), key.to_string());
-    if let Some((at, r)) = resolved().lock().unwrap().get(&cache_key) {
-        if at.elapsed() < TTL {
+    if let Some((until, r)) = resolved().lock().unwrap().get(&cache_key) {
+        if Instant::now() < *until {
             return r.clone();
         }
     }
+    // No worker answered: ask again after MISS_RETRY rather than TTL, so
+    // a passing hiccup does not drop the key for long.
+    let mut hold = MISS_RETRY;
     let mut result = None;
     for addr in workers_to_ask(snap) {
         let Some(body) = fetch(addr, &format!("/grpc/{service}")).await else {
             continue;
         };
         result = match DescriptorPool::decode(body.as_slice()) {
+            // A worker answered: the outcome, key or not, holds for TTL.
             Ok(pool) => match resolve(&pool, service, method, key) {
-                Ok(r) => r.map(Arc::from),
+                Ok(r) => {
+                    hold = TTL;
+                    r.map(Arc::from)
+                }
                 Err(e) => {
+                    hold = TTL;
                     log::warn!("policy key {{ protobuf = {key:?} }} for {grpc_path}: {e}");
                     None
                 }
@@ -163,7 +178,7 @@ pub async fn field_numbers(key: &str, grpc_path: &str, snap: &Snapshot) -> Optio
     resolved()
         .lock()
         .unwrap()
-        .insert(cache_key, (Instant::now(), result.clone()));
+        .insert(cache_key, (Instant::now() + hold, result.clone()));
     result
 }
 

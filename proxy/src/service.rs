@@ -243,9 +243,32 @@ impl ProxyHttp for OlProxy {
             }
         }
         // Name inspection. A gRPC call routes as the function bound to its
-        // service (grpc.rs), like /run/<function>.
+        // service (grpc.rs), like /run/<function>; `ol.Lambda/Invoke` as the
+        // function its message names (InvokeRequest.name, field 1), which
+        // needs the message itself (kept for the policy key below).
+        let mut grpc_body: Option<Bytes> = None;
         let grpc_fn = match crate::grpc::is_call(session.req_header()) {
             true => match crate::grpc::service_of(session.req_header().uri.path()) {
+                Some(crate::grpc::INVOKE_SERVICE) => {
+                    let limit = snap.config.limits.inspect_body_bytes;
+                    let Some(body) = self.buffer_body(session, limit).await? else {
+                        let msg = format!(
+                            "request message is larger than {limit} bytes, the limit for routing on its content"
+                        );
+                        self.answer_grpc(session, ctx, 8, &msg).await?;
+                        return Ok(true);
+                    };
+                    let name = crate::grpc::protobuf_key(&body, &[1])
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .unwrap_or_default();
+                    if let Err(e) = config::validate_function_name(&name) {
+                        let msg = format!("ol.Lambda/Invoke: InvokeRequest.name: {e}");
+                        self.answer_grpc(session, ctx, 3, &msg).await?;
+                        return Ok(true);
+                    }
+                    grpc_body = Some(body);
+                    Some(name)
+                }
                 Some(s) => crate::grpc::function_for(s, &snap).await,
                 None => None,
             },
@@ -325,7 +348,11 @@ impl ProxyHttp for OlProxy {
             let grpc_path = session.req_header().uri.path().to_string();
             let fields = crate::grpc::field_numbers(pb_path, &grpc_path, &snap).await;
             let limit = snap.config.limits.inspect_body_bytes;
-            match self.buffer_body(session, limit).await? {
+            let body = match grpc_body.take() {
+                Some(b) => Some(b),
+                None => self.buffer_body(session, limit).await?,
+            };
+            match body {
                 None => {
                     let msg = format!(
                         "request body is larger than {limit} bytes, the limit for routing on its content"

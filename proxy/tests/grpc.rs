@@ -26,6 +26,41 @@ struct HelloReply {
     message: String,
 }
 
+#[derive(Clone, PartialEq, prost::Message)]
+struct InvokeRequest {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(bytes = "vec", tag = "2")]
+    payload: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct InvokeReply {
+    #[prost(bytes = "vec", tag = "1")]
+    payload: Vec<u8>,
+}
+
+async fn invoke(
+    ch: Channel,
+    name: &str,
+    payload: &[u8],
+) -> Result<tonic::Response<InvokeReply>, tonic::Status> {
+    let mut g = tonic::client::Grpc::new(ch);
+    g.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let req = InvokeRequest {
+        name: name.into(),
+        payload: payload.to_vec(),
+    };
+    g.unary(
+        tonic::Request::new(req),
+        http::uri::PathAndQuery::from_static("/ol.Lambda/Invoke"),
+        tonic_prost::ProstCodec::<InvokeRequest, InvokeReply>::default(),
+    )
+    .await
+}
+
 async fn say_hello(ch: Channel, name: &str) -> Result<tonic::Response<HelloReply>, tonic::Status> {
     let mut g = tonic::client::Grpc::new(ch);
     g.ready()
@@ -40,7 +75,7 @@ async fn say_hello(ch: Channel, name: &str) -> Result<tonic::Response<HelloReply
     .await
 }
 
-fn worker_of(r: &tonic::Response<HelloReply>) -> String {
+fn worker_of<T>(r: &tonic::Response<T>) -> String {
     r.metadata()
         .get("x-ol-worker")
         .and_then(|v| v.to_str().ok())
@@ -217,4 +252,35 @@ async fn grpc_health_checks_take_workers_in_and_out() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_through_the_proxy_routes_as_the_named_function() {
+    let s = setup("1").await;
+    let r = invoke(s.ch.clone(), "hello", br#"{"name": "Ada"}"#)
+        .await
+        .unwrap();
+    assert!(!worker_of(&r).is_empty());
+    let policy = |m: &tonic::metadata::MetadataMap| {
+        m.get("x-ol-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(policy(r.metadata()), "round-robin", "hello's route");
+    assert_eq!(r.into_inner().payload, br#""Hello, Ada!""#);
+    // greeter has its own route (db-affinity): Invoke of greeter takes it.
+    let r = invoke(s.ch.clone(), "greeter", br#"{"name": "Bo"}"#)
+        .await
+        .unwrap();
+    assert_eq!(policy(r.metadata()), "db", "greeter's route");
+    let v: serde_json::Value = serde_json::from_slice(&r.into_inner().payload).unwrap();
+    assert_eq!(v["message"], "Hello Bo", "{v}");
+    // A bad name is refused by the proxy, before any worker.
+    let e = invoke(s.ch.clone(), "bad/name", b"{}").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("InvokeRequest.name"), "{e:?}");
+    // A function not in the store: the worker's NOT_FOUND, passed through.
+    let e = invoke(s.ch.clone(), "nothere", b"{}").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
 }
