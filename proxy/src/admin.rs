@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::metrics::render;
 use crate::snapshot::{State, IN_FLIGHT};
-use crate::workers::Reported;
+use crate::workers::REPORTED;
 
 pub struct Admin {
     pub state: Arc<State>,
@@ -149,11 +149,10 @@ impl Admin {
             .iter()
             .filter(|w| w.reported.polled.load(Ordering::Relaxed))
             .collect();
-        for (i, (_, metric, kind, help, _)) in Reported::default().fields().into_iter().enumerate()
-        {
+        for (i, (_, metric, kind, help)) in REPORTED.iter().enumerate() {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
             for w in &polled {
-                let v = w.reported.fields()[i].4.load(Ordering::Relaxed);
+                let v = w.reported.values[i].load(Ordering::Relaxed);
                 let _ = writeln!(out, "{metric}{{worker=\"{}\"}} {v}", w.key);
             }
         }

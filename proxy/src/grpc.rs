@@ -122,29 +122,68 @@ async fn fetch(addr: SocketAddr, path: &str) -> Option<Vec<u8>> {
 /// Field numbers of a resolved key, shared by every call of one method.
 pub type FieldNumbers = Arc<[u64]>;
 
-/// A resolution and until when it holds.
-type Resolved = (Instant, Option<FieldNumbers>);
+/// A key resolved for one method, and until when it holds.
+struct Resolved {
+    grpc_path: String,
+    key: String,
+    until: Instant,
+    fields: Option<FieldNumbers>,
+}
 
-fn resolved() -> &'static Mutex<HashMap<(String, String), Resolved>> {
-    static C: OnceLock<Mutex<HashMap<(String, String), Resolved>>> = OnceLock::new();
+/// Most methods x keys remembered; the method comes from the client, so
+/// the table is emptied rather than allowed to grow past this.
+const MAX_RESOLVED: usize = 4096;
+
+/// Resolutions by a hash of (method path, key); the entry holds both to
+/// check, so a lookup allocates nothing.
+fn resolved() -> &'static Mutex<HashMap<u64, Resolved>> {
+    static C: OnceLock<Mutex<HashMap<u64, Resolved>>> = OnceLock::new();
     C.get_or_init(Default::default)
 }
 
 /// The field numbers of the policy key `key` for a call to `grpc_path`
 /// (`/<package>.<Service>/<Method>`): parsed when `key` is by number,
-/// resolved with the service's descriptors (cached) when it is by name.
+/// resolved with the service's descriptors when it is by name; either way
+/// cached per (method, key) for `TTL`.
 pub async fn field_numbers(key: &str, grpc_path: &str, snap: &Snapshot) -> Option<FieldNumbers> {
-    if config::policy::protobuf_numbers(key) {
-        return key.split('.').map(|n| n.parse().ok()).collect();
-    }
-    let service = service_of(grpc_path)?;
-    let method = grpc_path.rsplit('/').next()?;
-    let cache_key = (grpc_path.to_string(), key.to_string());
-    if let Some((until, r)) = resolved().lock().unwrap().get(&cache_key) {
-        if Instant::now() < *until {
-            return r.clone();
+    let id = policies::hash_str(grpc_path) ^ policies::hash_str(key).rotate_left(17);
+    if let Some(r) = resolved().lock().unwrap().get(&id) {
+        if r.grpc_path == grpc_path && r.key == key && Instant::now() < r.until {
+            return r.fields.clone();
         }
     }
+    let (until, fields) = if config::policy::protobuf_numbers(key) {
+        let n: Option<Vec<u64>> = key.split('.').map(|n| n.parse().ok()).collect();
+        (Instant::now() + TTL, n.map(Arc::from))
+    } else {
+        let (hold, fields) = resolve_by_name(key, grpc_path, snap).await;
+        (Instant::now() + hold, fields)
+    };
+    let mut map = resolved().lock().unwrap();
+    if map.len() >= MAX_RESOLVED {
+        map.clear();
+    }
+    let entry = Resolved {
+        grpc_path: grpc_path.to_string(),
+        key: key.to_string(),
+        until,
+        fields: fields.clone(),
+    };
+    map.insert(id, entry);
+    fields
+}
+
+/// A key by name as field numbers, from the first worker that serves the
+/// service's descriptors, and how long that answer holds.
+async fn resolve_by_name(
+    key: &str,
+    grpc_path: &str,
+    snap: &Snapshot,
+) -> (Duration, Option<FieldNumbers>) {
+    let (Some(service), Some(method)) = (service_of(grpc_path), grpc_path.rsplit('/').next())
+    else {
+        return (TTL, None);
+    };
     // No worker answered: ask again after MISS_RETRY rather than TTL, so
     // a passing hiccup does not drop the key for long.
     let mut hold = MISS_RETRY;
@@ -175,11 +214,7 @@ pub async fn field_numbers(key: &str, grpc_path: &str, snap: &Snapshot) -> Optio
         };
         break;
     }
-    resolved()
-        .lock()
-        .unwrap()
-        .insert(cache_key, (Instant::now() + hold, result.clone()));
-    result
+    (hold, result)
 }
 
 /// Healthy workers first, then the rest.
@@ -258,10 +293,10 @@ pub async fn health_check(addr: SocketAddr, service: &str, timeout: Duration) ->
             .ok()?;
         let (resp, mut send) = client.send_request(req, false).ok()?;
         // HealthCheckRequest { string service = 1; }, in one gRPC frame.
-        let mut msg = Vec::with_capacity(2 + service.len());
+        let mut msg = Vec::with_capacity(3 + service.len());
         if !service.is_empty() {
             msg.push(0x0a);
-            msg.push(u8::try_from(service.len()).ok().filter(|n| *n < 0x80)?);
+            put_varint(&mut msg, service.len() as u64);
             msg.extend_from_slice(service.as_bytes());
         }
         let mut frame = vec![0u8];
@@ -357,6 +392,14 @@ fn find(mut b: &[u8], field: u64) -> Option<Value<'_>> {
         }
     }
     found
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 fn varint(b: &mut &[u8]) -> Option<u64> {
@@ -460,6 +503,17 @@ mod tests {
         assert!(resolve(&p, "t.T", "Call", "t.Req.name")
             .unwrap_err()
             .contains("service t.T"));
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0u64, 1, 127, 128, 300, 16_383, 16_384, u64::MAX] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            let mut s = b.as_slice();
+            assert_eq!(varint(&mut s), Some(v));
+            assert!(s.is_empty());
+        }
     }
 
     #[test]

@@ -58,11 +58,11 @@ pub async fn http_get(
         Some(buf)
     };
     let mut buf = tokio::time::timeout(timeout, fut).await.ok()??;
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let status = std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()?;
     if !buf.starts_with(b"HTTP/1.") {
         return None;
     }
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status = std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()?;
     buf.drain(..end + 4);
     buf.truncate(limit as usize);
     Some((status, buf))

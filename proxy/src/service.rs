@@ -345,8 +345,8 @@ impl ProxyHttp for OlProxy {
         } else if let (Some(pb_path), true) = (info.needs.protobuf_path(), grpc_fn.is_some()) {
             // A field of the call's first message (grpc.rs); a key by name
             // is resolved with the service's descriptors (cached).
-            let grpc_path = session.req_header().uri.path().to_string();
-            let fields = crate::grpc::field_numbers(pb_path, &grpc_path, &snap).await;
+            let grpc_path = session.req_header().uri.path();
+            let fields = crate::grpc::field_numbers(pb_path, grpc_path, &snap).await;
             let limit = snap.config.limits.inspect_body_bytes;
             let body = match grpc_body.take() {
                 Some(b) => Some(b),

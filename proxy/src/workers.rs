@@ -37,14 +37,40 @@ pub struct Worker {
     pub reported: Reported,
 }
 
-/// `(/stats key, metric, type, help, value)`.
-pub type ReportedField<'a> = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    &'a AtomicU64,
-);
+/// What `Reported` keeps, in its field order: the worker's `/stats` key,
+/// then the metric's name, type and help on the proxy's `/metrics`.
+pub const REPORTED: [(&str, &str, &str, &str); 5] = [
+    (
+        "zygotes.live",
+        "ol_proxy_worker_zygotes",
+        "gauge",
+        "Zygotes the worker keeps now.",
+    ),
+    (
+        "zygotes.created",
+        "ol_proxy_worker_zygotes_created_total",
+        "counter",
+        "Zygotes the worker has created.",
+    ),
+    (
+        "zygotes.fallbacks",
+        "ol_proxy_worker_zygote_fallbacks_total",
+        "counter",
+        "Cold starts that wanted a zygote but started a fresh process.",
+    ),
+    (
+        "packages.installed",
+        "ol_proxy_worker_packages_installed_total",
+        "counter",
+        "Package versions the worker has installed into its package store.",
+    ),
+    (
+        "packages.install-failed",
+        "ol_proxy_worker_package_install_failures_total",
+        "counter",
+        "Package installs that failed on the worker.",
+    ),
+];
 
 /// Gauges a worker reports at `GET /stats` (its zygotes and package
 /// store), polled every `health.stats_interval_ms` and shown on `/metrics`.
@@ -52,63 +78,18 @@ pub type ReportedField<'a> = (
 pub struct Reported {
     /// Whether any poll has succeeded (nothing is shown before).
     pub polled: AtomicBool,
-    pub zygotes_live: AtomicU64,
-    pub zygotes_created: AtomicU64,
-    pub zygote_fallbacks: AtomicU64,
-    pub packages_installed: AtomicU64,
-    pub packages_install_failed: AtomicU64,
+    /// One value per [`REPORTED`] row.
+    pub values: [AtomicU64; REPORTED.len()],
 }
 
 impl Reported {
-    /// Each gauge: its `/stats` key, its metric name, type and help, and
-    /// where it is kept.
-    pub fn fields(&self) -> [ReportedField<'_>; 5] {
-        [
-            (
-                "zygotes.live",
-                "ol_proxy_worker_zygotes",
-                "gauge",
-                "Zygotes the worker keeps now.",
-                &self.zygotes_live,
-            ),
-            (
-                "zygotes.created",
-                "ol_proxy_worker_zygotes_created_total",
-                "counter",
-                "Zygotes the worker has created.",
-                &self.zygotes_created,
-            ),
-            (
-                "zygotes.fallbacks",
-                "ol_proxy_worker_zygote_fallbacks_total",
-                "counter",
-                "Cold starts that wanted a zygote but started a fresh process.",
-                &self.zygote_fallbacks,
-            ),
-            (
-                "packages.installed",
-                "ol_proxy_worker_packages_installed_total",
-                "counter",
-                "Package versions the worker has installed into its package store.",
-                &self.packages_installed,
-            ),
-            (
-                "packages.install-failed",
-                "ol_proxy_worker_package_install_failures_total",
-                "counter",
-                "Package installs that failed on the worker.",
-                &self.packages_install_failed,
-            ),
-        ]
-    }
-
     /// Takes the values from a `/stats` JSON body; false when it is not one.
     pub fn update(&self, stats_json: &[u8]) -> bool {
         let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(stats_json) else {
             return false;
         };
-        for (key, _, _, _, slot) in self.fields() {
-            if let Some(v) = m.get(key).and_then(serde_json::Value::as_u64) {
+        for ((key, ..), slot) in REPORTED.iter().zip(&self.values) {
+            if let Some(v) = m.get(*key).and_then(serde_json::Value::as_u64) {
                 slot.store(v, Ordering::Relaxed);
             }
         }
