@@ -190,6 +190,11 @@ fn add_ol_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// The refusal of a body over `limits.inspect_body_bytes`.
+fn too_big_to_inspect(limit: usize) -> String {
+    format!("request body is larger than {limit} bytes, the limit for routing on its content")
+}
+
 fn one_line(s: &str) -> String {
     s.split(['\n', '\r'])
         .map(str::trim)
@@ -252,10 +257,8 @@ impl ProxyHttp for OlProxy {
                 Some(crate::grpc::INVOKE_SERVICE) => {
                     let limit = snap.config.limits.inspect_body_bytes;
                     let Some(body) = self.buffer_body(session, limit).await? else {
-                        let msg = format!(
-                            "request message is larger than {limit} bytes, the limit for routing on its content"
-                        );
-                        self.answer_grpc(session, ctx, 8, &msg).await?;
+                        self.answer_grpc(session, ctx, 8, &too_big_to_inspect(limit))
+                            .await?;
                         return Ok(true);
                     };
                     let name = crate::grpc::protobuf_key(&body, &[1])
@@ -324,46 +327,37 @@ impl ProxyHttp for OlProxy {
             None => info.header.clone(),
         });
 
-        // Content inspection: only when the policy needs a key in the body.
+        // Content inspection: only when the policy needs a key in the body
+        // (a JSON path, or a field of a gRPC call's first message; a field
+        // by name is resolved with the service's descriptors, cached).
         let mut body_key: Option<Vec<u8>> = None;
         let mut buffered: Option<Bytes> = None;
-        if let Some(json_path) = info.needs.json_path() {
-            let limit = snap.config.limits.inspect_body_bytes;
-            match self.buffer_body(session, limit).await? {
-                None => {
-                    let msg = format!(
-                        "request body is larger than {limit} bytes, the limit for routing on its content"
-                    );
-                    self.answer(session, ctx, 413, &msg, false).await?;
-                    return Ok(true);
+        let json_path = info.needs.json_path();
+        let pb_path = info.needs.protobuf_path().filter(|_| grpc_fn.is_some());
+        if json_path.is_some() || pb_path.is_some() {
+            let fields = match pb_path {
+                Some(p) => {
+                    let grpc_path = session.req_header().uri.path();
+                    crate::grpc::field_numbers(p, grpc_path, &snap).await
                 }
-                Some(body) => {
-                    body_key = inspect::json_key(&body, json_path);
-                    buffered = Some(body);
-                }
-            }
-        } else if let (Some(pb_path), true) = (info.needs.protobuf_path(), grpc_fn.is_some()) {
-            // A field of the call's first message (grpc.rs); a key by name
-            // is resolved with the service's descriptors (cached).
-            let grpc_path = session.req_header().uri.path();
-            let fields = crate::grpc::field_numbers(pb_path, grpc_path, &snap).await;
+                None => None,
+            };
             let limit = snap.config.limits.inspect_body_bytes;
             let body = match grpc_body.take() {
                 Some(b) => Some(b),
                 None => self.buffer_body(session, limit).await?,
             };
-            match body {
-                None => {
-                    let msg = format!(
-                        "request body is larger than {limit} bytes, the limit for routing on its content"
-                    );
-                    self.answer(session, ctx, 413, &msg, false).await?;
-                    return Ok(true);
-                }
-                Some(body) => {
-                    body_key = fields.and_then(|f| crate::grpc::protobuf_key(&body, &f));
-                }
-            }
+            let Some(body) = body else {
+                self.answer(session, ctx, 413, &too_big_to_inspect(limit), false)
+                    .await?;
+                return Ok(true);
+            };
+            body_key = match (json_path, fields) {
+                (Some(j), _) => inspect::json_key(&body, j),
+                (None, Some(f)) => crate::grpc::protobuf_key(&body, &f),
+                (None, None) => None,
+            };
+            buffered = Some(body);
         }
 
         // Caches (caches.rs): the function's package, and a result-cache
