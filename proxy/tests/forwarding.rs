@@ -137,8 +137,11 @@ fn db_affinity_from_a_json_body_path() {
     );
     let (_w, _wp, ports, _p) = setup(&extra);
     let mut by_key: std::collections::HashMap<String, HashSet<String>> = Default::default();
-    for i in 0..40 {
-        let key = format!("db{}", i % 8);
+    // 32 keys, 3 calls each: the ring hashes random worker ports, so with
+    // 8 keys all landing on one worker was a 1-in-128 chance (it happened in
+    // CI); with 32 it is about 1 in 2 billion.
+    for i in 0..96 {
+        let key = format!("db{}", i % 32);
         let body = format!(r#"{{"user": {{"db": "{key}", "n": {i}}}}}"#);
         let r = http(ports.listen, "POST", "/run/echo", &[], body.as_bytes());
         assert_eq!(r.status, 200, "{}", r.text());
@@ -155,7 +158,7 @@ fn db_affinity_from_a_json_body_path() {
         assert_eq!(ws.len(), 1, "key {k} went to {ws:?}");
     }
     let used: HashSet<_> = by_key.values().flatten().collect();
-    assert_eq!(used.len(), 2, "8 keys use both workers");
+    assert_eq!(used.len(), 2, "32 keys use both workers");
 
     // Beyond the inspection limit: 413, with a one-line reason.
     let big = format!(
