@@ -8,6 +8,9 @@
 //! - [`dir`]: a directory store of `<name>/` directories and `<name>.tar.gz`
 //!   files (a tarball wins over a directory of the same name).
 //! - [`version`]: a package's version, the first 16 hex digits of its SHA-256.
+//! - [`requirement_lines`]: the lines of a `requirements.txt` that say
+//!   something, read the same way by the worker (which installs pins) and
+//!   the proxy (which routes by package names).
 
 pub mod archive;
 pub mod dir;
@@ -22,8 +25,25 @@ pub fn version(package: &[u8]) -> String {
         .collect()
 }
 
+/// The lines of a `requirements.txt` that say something, with their 1-based
+/// line numbers: comments (`# ...`, also after a requirement) and blank
+/// lines are dropped, the rest is trimmed.
+pub fn requirement_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().filter_map(|(i, raw)| {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        (!line.is_empty()).then_some((i + 1, line))
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn requirement_lines_drop_comments_and_blanks() {
+        let lines: Vec<_> =
+            super::requirement_lines("# deps\nsix==1.16.0  # why\n\n  -r x.txt\n").collect();
+        assert_eq!(lines, vec![(2, "six==1.16.0"), (4, "-r x.txt")]);
+    }
+
     #[test]
     fn version_is_a_stable_content_hash() {
         assert_eq!(super::version(b""), "e3b0c44298fc1c14");

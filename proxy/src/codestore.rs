@@ -544,11 +544,11 @@ fn describe(name: &str, bytes: Bytes) -> FnPackage {
     }
 }
 
-/// Requirement lines, without comments, options and blanks.
+/// Requirement lines, without comments, options (`-r`, `--index-url`) and blanks.
 pub fn requirement_lines(text: &str) -> Vec<String> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty() && !l.starts_with('-'))
+    codestore::requirement_lines(text)
+        .map(|(_, l)| l)
+        .filter(|l| !l.starts_with('-'))
         .map(str::to_string)
         .collect()
 }

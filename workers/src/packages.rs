@@ -63,13 +63,8 @@ impl Pin {
 /// error names the line: `requirements.txt:2: "requests>=2" is not pinned: ...`.
 pub fn parse_requirements(text: &str) -> Result<Vec<Pin>, String> {
     let mut pins = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let (name, version) =
-            parse_pin(line).map_err(|e| format!("requirements.txt:{}: {e}", i + 1))?;
+    for (n, line) in codestore::requirement_lines(text) {
+        let (name, version) = parse_pin(line).map_err(|e| format!("requirements.txt:{n}: {e}"))?;
         pins.push(Pin { name, version });
     }
     pins.sort();
