@@ -8,9 +8,15 @@ use std::collections::HashSet;
 use policies::{Package, PolicySet, Request, View, Workers};
 use proptest::prelude::*;
 
+/// 48 cases per property by default (CI time); `PROPTEST_CASES=5000` for a
+/// deeper search.
 fn cases() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(48);
     ProptestConfig {
-        cases: 48,
+        cases,
         ..ProptestConfig::default()
     }
 }
