@@ -118,6 +118,13 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // A failing test takes its processes' logs with it: show their end.
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("--- last lines of {} ---\n{tail}", self.log.display());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(d) = &self.dir {
