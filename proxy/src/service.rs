@@ -9,11 +9,12 @@
 //! | `upstream_peer` | before each connect attempt (again after a retryable failure) | takes the next worker of the order, holds an in-flight slot on it, builds the peer with the configured timeouts |
 //! | `fail_to_connect` | a connect attempt failed | counts a failed health check for the worker (passive health), and marks the error retryable while the policy's picks and `retries` allow; the next `upstream_peer` takes the next pick |
 //! | `error_while_proxy` | a failure after the request was sent | pingora's default: never retried for non-idempotent methods |
-//! | `upstream_response_body_filter` | each body chunk from the worker | enforces `timeouts.total_ms` |
+//! | `upstream_response_body_filter` | each body chunk from the worker | enforces `timeouts.total_ms`; at the end of the worker's response releases the in-flight slot (before the client sees that end, so its next call does not meet this one) |
+//! | `upstream_response_trailer_filter` | trailers from the worker (gRPC's status) | releases the in-flight slot, as at the end of the body |
 //! | `response_filter` | before the response header goes to the client | adds `x-ol-worker` and `x-ol-policy`; `x-ol-cache: miss` for a cacheable function, whose 2xx head the result cache keeps; the import index notes that the worker ran the function (`caches.rs`) |
 //! | `response_body_filter` | each body chunk to the client | the result cache collects a fill (bounded) and stores it at the end |
 //! | `fail_to_proxy` | the request failed for good | answers 502/503/504/400 with a one-line reason and the `x-ol-*` headers |
-//! | `logging` | at the end of every request | metrics by route, policy and worker; the worker's latency EWMA; releases the in-flight slot |
+//! | `logging` | at the end of every request | metrics by route, policy and worker; the worker's latency EWMA; releases the in-flight slot if the response did not (errors, header-only responses) |
 //!
 //! Status, headers, body and trailers from workers pass through unchanged:
 //! pingora strips hop-by-hop headers and re-frames the body per protocol.
@@ -505,7 +506,7 @@ impl ProxyHttp for OlProxy {
         &self,
         _session: &mut Session,
         _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         if let Some(d) = ctx.deadline {
@@ -516,7 +517,25 @@ impl ProxyHttp for OlProxy {
                 );
             }
         }
+        if end_of_stream {
+            // The worker is done with this call. Released here, before the
+            // last bytes go downstream, a client's next call never finds
+            // its previous one still in flight (and spilled off its home
+            // worker by the load bound) as it could when released at logging.
+            ctx.release();
+        }
         Ok(None)
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        _trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Trailers end a response (gRPC's status): as at the end of stream.
+        ctx.release();
+        Ok(())
     }
 
     async fn response_filter(
