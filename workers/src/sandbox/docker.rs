@@ -1013,16 +1013,28 @@ impl Sandbox for DockerSandbox {
         // The socket closes as the process dies; the engine notes the exit
         // a moment later.
         self.wait_exit(Duration::from_secs(1)).await;
-        let info = match self
-            .docker
-            .inspect_container(&self.container, None::<InspectContainerOptions>)
-            .await
-        {
-            Ok(i) => i,
-            Err(e) => return format!("container gone ({})", one_line(&e)),
-        };
-        let Some(st) = info.state else {
-            return "runtime stopped answering".into();
+        // The engine hears of the exit and of the OOM kill by two separate
+        // events, in either order: a SIGKILL without the OOM flag is asked
+        // about again for a moment before it is reported as a plain kill.
+        let mut asked = 0;
+        let st = loop {
+            let info = match self
+                .docker
+                .inspect_container(&self.container, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(i) => i,
+                Err(e) => return format!("container gone ({})", one_line(&e)),
+            };
+            let Some(st) = info.state else {
+                return "runtime stopped answering".into();
+            };
+            let plain_kill = st.exit_code == Some(137) && st.oom_killed != Some(true);
+            asked += 1;
+            if !plain_kill || asked == 10 {
+                break st;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         };
         if st.oom_killed == Some(true) {
             return format!(
