@@ -143,6 +143,7 @@ pub fn start_worker(port: u16) -> Proc {
 pub fn start_worker_with(port: u16, registry: &str, extra: &[&str]) -> Proc {
     let dir = temp_dir("worker");
     let log = dir.join("worker.log");
+    let out = std::fs::File::create(&log).unwrap();
     let child = Command::new(worker_bin())
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
@@ -154,8 +155,9 @@ pub fn start_worker_with(port: u16, registry: &str, extra: &[&str]) -> Proc {
         .arg("--work-dir")
         .arg(dir.join("work"))
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(dir.join("worker.err")).unwrap())
+        // One file for both: the worker's log lines go to stderr.
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
         .spawn()
         .expect("start ol-worker");
     let p = Proc {
