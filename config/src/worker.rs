@@ -40,6 +40,21 @@ pub struct WorkerConfig {
     pub packages: PackagesConfig,
     /// Zygotes: Python processes that fork new instances (process backend).
     pub zygotes: ZygotesConfig,
+    /// Where a handler's traceback goes: `client` (in the error body, with
+    /// paths relative to the function's directory) or `log` (the worker's
+    /// log only; the client gets the one-line error).
+    pub tracebacks: Tracebacks,
+}
+
+/// `tracebacks`: who sees a handler's traceback.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tracebacks {
+    /// The caller, in the error body (no host paths).
+    #[default]
+    Client,
+    /// The worker's log only.
+    Log,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +260,7 @@ impl Default for WorkerConfig {
             docker: DockerConfig::default(),
             packages: PackagesConfig::default(),
             zygotes: ZygotesConfig::default(),
+            tracebacks: Tracebacks::Client,
         }
     }
 }

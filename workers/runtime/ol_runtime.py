@@ -15,6 +15,14 @@ A call is two frames, a JSON head and the raw body; so is a reply.
 A module-level `f(event)` gets the body parsed as JSON (empty: {}) and its
 return value goes back as JSON. A module-level WSGI `app` gets the request.
 
+What clients see of the host: tracebacks and error lines name files
+relative to the function's directory (`f.py`, `lib/x.py`); the runtime's
+own frames are dropped, and other worker paths become `<packages>/`,
+`<runtime>/` or `<python>/`. An error reply that carries a traceback after
+its first line says so with the header `x-ol-traceback: 1` (the worker
+removes it, and with `tracebacks = "log"` moves the traceback to its log).
+A WSGI status that is not a final status 200-599 becomes a 502 naming it.
+
 Without --code (a pre-started instance of the Docker sandbox's pool) it
 prints "ready" once listening and takes its function from the first
 connection: one frame pair, head {"init": {"code", "name", "env"}} and an
@@ -35,6 +43,43 @@ import sys
 _LEN = struct.Struct(">I")
 _JSON_HEADERS = [["content-type", "application/json"]]
 _TEXT_HEADERS = [["content-type", "text/plain; charset=utf-8"]]
+_TRACEBACK_HEADERS = _TEXT_HEADERS + [["x-ol-traceback", "1"]]
+
+_RT_DIR = os.path.dirname(os.path.abspath(__file__))
+# (host path prefix, what clients see instead), longest prefix first.
+_HIDE = []
+
+
+def _hide_paths(code_dir, packages=()):
+    """Sets the path prefixes `_scrub` replaces: the code dir (made
+    relative), package dirs, the runtime's dir (the worker's work dir in
+    the process backend) and the standard library."""
+    pairs = []
+
+    def add(d, shown):
+        d = d.rstrip("/")
+        if d:
+            for v in {d, os.path.realpath(d)}:
+                pairs.append((v + "/", shown + "/" if shown else ""))
+                pairs.append((v, shown or "."))
+
+    add(code_dir, "")
+    for p in packages:
+        add(p, "<packages>")
+    add(_RT_DIR, "<runtime>")
+    add(os.path.dirname(os.__file__), "<python>")
+    pairs.sort(key=lambda pr: -len(pr[0]))
+    _HIDE[:] = pairs
+
+
+def _scrub(text):
+    for prefix, shown in _HIDE:
+        text = text.replace(prefix, shown)
+    return text
+
+
+def _one_line(text):
+    return _scrub(str(text)).replace("\r", " ").replace("\n", " ")
 
 
 def _load(code_dir):
@@ -48,14 +93,48 @@ def _load(code_dir):
 
 
 def _format_exc():
+    return _format(sys.exc_info()[1])
+
+
+def _format(exc):
+    """`exc`'s traceback without the runtime's frames or host paths."""
     import traceback
 
-    return traceback.format_exc()
+    top = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    todo, seen = [top], set()
+    while todo:
+        te = todo.pop()
+        if te is None or id(te) in seen:
+            continue
+        seen.add(id(te))
+        te.stack[:] = [
+            fs for fs in te.stack if os.path.dirname(os.path.abspath(fs.filename)) != _RT_DIR
+        ]
+        todo += [te.__cause__, te.__context__] + list(getattr(te, "exceptions", None) or [])
+    return _scrub("".join(top.format()))
+
+
+def _excepthook(etype, exc, tb):
+    sys.stderr.write(_format(exc))
 
 
 def _error(status, line, detail=""):
-    body = line.rstrip("\n") + "\n" + detail
-    return {"status": status, "headers": _TEXT_HEADERS}, body.encode()
+    body = _one_line(line) + "\n" + detail
+    headers = _TRACEBACK_HEADERS if detail else _TEXT_HEADERS
+    return {"status": status, "headers": headers}, body.encode()
+
+
+def _raised(name, e):
+    return _error(500, f"function {name} raised {type(e).__name__}: {e}", _format_exc())
+
+
+def _final_status(status):
+    """The code of a WSGI status line if it is a final status 200-599."""
+    if isinstance(status, str):
+        code = status.split(" ", 1)[0]
+        if len(code) == 3 and code.isascii() and code.isdigit() and 200 <= int(code) <= 599:
+            return int(code)
+    return None
 
 
 def _call_f(fn, name, body):
@@ -66,7 +145,7 @@ def _call_f(fn, name, body):
     try:
         result = fn(event)
     except Exception as e:  # the handler's own failure: 500 with traceback
-        return _error(500, f"function {name} raised {type(e).__name__}: {e}", _format_exc())
+        return _raised(name, e)
     try:
         out = json.dumps(result).encode()
     except (TypeError, ValueError) as e:
@@ -104,8 +183,8 @@ def _call_wsgi(app, name, head, body):
     started = {}
 
     def start_response(status, headers, exc_info=None):
-        started["status"] = int(status.split(" ", 1)[0])
-        started["headers"] = [[k, v] for k, v in headers]
+        started["status"] = status
+        started["headers"] = headers
         return lambda data: chunks.append(data)
 
     chunks = []
@@ -118,10 +197,24 @@ def _call_wsgi(app, name, head, body):
             if hasattr(result, "close"):
                 result.close()
     except Exception as e:
-        return _error(500, f"function {name} raised {type(e).__name__}: {e}", _format_exc())
+        return _raised(name, e)
     if "status" not in started:
         return _error(500, f"function {name}: WSGI app did not call start_response")
-    return {"status": started["status"], "headers": started["headers"]}, b"".join(chunks)
+    status = _final_status(started["status"])
+    if status is None:
+        shown = repr(started["status"])
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return _error(
+            502, f"function {name} answered status {shown}; the worker passes on only final statuses 200-599"
+        )
+    try:
+        headers = [[k, v] for k, v in started["headers"]]
+        if not all(type(k) is str and type(v) is str for k, v in headers):
+            raise TypeError
+        body = b"".join(chunks)
+    except (TypeError, ValueError):
+        return _error(502, f"function {name} answered headers or a body that WSGI does not allow (str pairs, bytes)")
+    return {"status": status, "headers": headers}, body
 
 
 def _serve(conn, mode, fn, name):
@@ -148,7 +241,7 @@ def _frame(rfile):
     return rfile.read(_LEN.unpack(n)[0])
 
 
-def _deferred(sock_path, ready):
+def _deferred(sock_path, ready, packages):
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(sock_path)
     srv.listen(1)
@@ -164,12 +257,13 @@ def _deferred(sock_path, ready):
         return 0
     name = init.get("name", "f")
     os.environ.update(init.get("env") or {})
+    _hide_paths(init["code"], packages)
     try:
         mode, fn = _load(init["code"])
     except BaseException as e:
         detail = _format_exc()
         sys.stderr.write(detail)
-        head = json.dumps({"status": 500, "error": f"{type(e).__name__}: {e}".replace("\n", " ")}).encode()
+        head = json.dumps({"status": 500, "error": _one_line(f"{type(e).__name__}: {e}")}).encode()
         body = detail.encode()
         conn.sendall(b"".join((_LEN.pack(len(head)), head, _LEN.pack(len(body)), body)))
         return 1
@@ -185,17 +279,19 @@ def _deferred(sock_path, ready):
 def main(argv):
     args = dict(zip(argv[1::2], argv[2::2]))
     code, sock_path, name = args.get("--code"), args["--socket"], args.get("--name", "f")
-    if args.get("--packages"):
-        sys.path[0:0] = [p for p in args["--packages"].split(os.pathsep) if p not in sys.path]
+    packages = [p for p in (args.get("--packages") or "").split(os.pathsep) if p]
+    sys.path[0:0] = [p for p in packages if p not in sys.path]
+    sys.excepthook = _excepthook  # a runtime failure's traceback hides host paths too
     ready = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # the handler's prints go to the log, not the ready pipe
     if code is None:
-        return _deferred(sock_path, ready)
+        return _deferred(sock_path, ready, packages)
+    _hide_paths(code, packages)
     try:
         mode, fn = _load(code)
     except BaseException as e:
         detail = _format_exc()
-        msg = f"{type(e).__name__}: {e}".replace("\n", " ")
+        msg = _one_line(f"{type(e).__name__}: {e}")
         sys.stderr.write(detail)
         ready.write(f"error {msg}\n")
         ready.flush()

@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod handler;
 pub mod packages;
 pub mod registry;
+pub mod reply;
 pub mod sandbox;
 pub mod server;
 pub mod stats;

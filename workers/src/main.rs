@@ -143,6 +143,7 @@ async fn run(cfg: WorkerConfig, grace: Duration) -> anyhow::Result<()> {
         registry,
         max_body: cfg.max_body_bytes,
         max_upload: cfg.max_upload_bytes,
+        tracebacks: cfg.tracebacks,
     });
     server::serve(listener, app, shutdown_signal(), grace).await;
     reaper.abort();

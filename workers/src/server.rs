@@ -38,6 +38,8 @@ pub struct App {
     pub registry: Arc<Registry>,
     pub max_body: usize,
     pub max_upload: usize,
+    /// Where handlers' tracebacks go (`tracebacks` in the worker config).
+    pub tracebacks: config::worker::Tracebacks,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -157,6 +159,8 @@ async fn run(app: &App, rest: &str, req: Request<Incoming>) -> Resp {
     let result = app.handlers.invoke(name, call, &mut timing).await;
     timing.total = started.elapsed();
     app.handlers.stats.total.record(timing.total);
+    // The function's status and headers are checked in `reply::check`.
+    let result = result.and_then(|r| crate::reply::check(name, r, app.tracebacks));
     let mut resp = match result {
         Ok(reply) => {
             let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
@@ -168,14 +172,15 @@ async fn run(app: &App, rest: &str, req: Request<Incoming>) -> Resp {
                     HeaderName::try_from(k.as_str()),
                     HeaderValue::try_from(v.as_str()),
                 ) {
-                    if k != CONTENT_LENGTH {
-                        h.append(k, v);
-                    }
+                    h.append(k, v);
                 }
             }
             resp
         }
-        Err(e) => error_response(e),
+        Err(mut e) => {
+            crate::reply::hide_detail(name, &mut e, app.tracebacks);
+            error_response(e)
+        }
     };
     app.handlers.stats.count_status(resp.status().as_u16());
     if let Ok(v) = HeaderValue::try_from(timing.header()) {

@@ -12,6 +12,8 @@ pub struct Worker {
     pub port: u16,
     pub work_dir: PathBuf,
     pub registry: PathBuf,
+    /// The worker's stderr (its log), when started with `start_logged`.
+    pub log: Option<PathBuf>,
     _tmp: tempfile::TempDir,
 }
 
@@ -93,6 +95,22 @@ impl Default for Options<'_> {
 
 impl Worker {
     pub fn start(opts: Options) -> Worker {
+        Worker::start_with(opts, false)
+    }
+
+    /// Like `start`, but the worker's stderr (its log) goes to a file that
+    /// `log()` reads.
+    pub fn start_logged(opts: Options) -> Worker {
+        Worker::start_with(opts, true)
+    }
+
+    /// What the worker has logged so far (`start_logged` only).
+    pub fn log(&self) -> String {
+        let path = self.log.as_ref().expect("started with start_logged");
+        String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+    }
+
+    fn start_with(opts: Options, logged: bool) -> Worker {
         let tmp = tempfile::tempdir().unwrap();
         let registry = tmp.path().join("registry");
         copy_examples(&registry);
@@ -104,6 +122,11 @@ impl Worker {
         let reg = opts
             .registry
             .unwrap_or_else(|| registry.display().to_string());
+        let log = logged.then(|| tmp.path().join("worker.log"));
+        let stderr = match &log {
+            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_ol-worker"))
             .arg("--config")
             .arg(&cfg)
@@ -113,7 +136,7 @@ impl Worker {
             .arg("--work-dir")
             .arg(&work_dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start ol-worker");
         let w = Worker {
@@ -121,6 +144,7 @@ impl Worker {
             port,
             work_dir,
             registry,
+            log,
             _tmp: tmp,
         };
         w.wait_ready();

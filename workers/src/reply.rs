@@ -1,0 +1,133 @@
+//! What a function's reply may carry to clients (workers/README.md, "What
+//! functions cannot forge"). The runtime shares its interpreter with the
+//! function, so whatever it sends is checked here, once, before it becomes
+//! the worker's response:
+//!
+//! - a status outside 200-599 (1xx and 101 included) is a 502 with a
+//!   one-line reason naming it; the function's headers and body are dropped;
+//! - `x-ol-*` headers (the platform's: `x-ol-cache`, `x-ol-timing`, ...) and
+//!   hop-by-hop or framing headers (`connection`, `keep-alive`,
+//!   `transfer-encoding`, `content-length`, `upgrade`, `te`, `trailer`,
+//!   `proxy-*`) are stripped: the worker frames the reply itself;
+//! - with `tracebacks = "log"`, the traceback after the first line of an
+//!   error the runtime marked (`x-ol-traceback: 1`), and the detail (load
+//!   traceback, runtime log) of the worker's own call errors, go to the
+//!   worker's log; the client gets the one-line error.
+
+use config::worker::Tracebacks;
+
+use crate::handler::{CallError, Reply};
+
+/// The runtime's mark on an error reply whose body is one line, then a
+/// traceback (see `ol_runtime.py`).
+pub const TRACEBACK_MARK: &str = "x-ol-traceback";
+
+/// Headers the worker sets or frames itself, never taken from a function.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+/// Whether a header a function set may reach the client.
+pub fn passes(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    !(n.starts_with("x-ol-") || n.starts_with("proxy-") || HOP_BY_HOP.contains(&n.as_str()))
+}
+
+/// Checks the reply of function `name`: its status, its headers, and where
+/// its traceback goes.
+pub fn check(name: &str, mut reply: Reply, tracebacks: Tracebacks) -> Result<Reply, CallError> {
+    if !(200..=599).contains(&reply.status) {
+        return Err(CallError::new(
+            502,
+            format!(
+                "function {name} answered status {}; the worker passes on only final statuses 200-599",
+                reply.status
+            ),
+        ));
+    }
+    let marked = reply
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case(TRACEBACK_MARK));
+    reply.headers.retain(|(k, _)| passes(k));
+    if marked && tracebacks == Tracebacks::Log {
+        if let Some(end) = reply.body.iter().position(|&b| b == b'\n') {
+            let rest = &reply.body[end + 1..];
+            if !rest.is_empty() {
+                let line = String::from_utf8_lossy(&reply.body[..end]);
+                let traceback = String::from_utf8_lossy(rest);
+                tracing::warn!(function = name, error = %line, traceback = ?traceback, "handler failed");
+            }
+            reply.body.truncate(end + 1);
+        }
+    }
+    Ok(reply)
+}
+
+/// With `tracebacks = "log"`, moves the detail of a call error (a load
+/// traceback, the runtime's log) to the worker's log.
+pub fn hide_detail(name: &str, e: &mut CallError, tracebacks: Tracebacks) {
+    if tracebacks == Tracebacks::Log && !e.detail.is_empty() {
+        let detail = std::mem::take(&mut e.detail);
+        tracing::warn!(function = name, error = %e.line, detail = ?detail, "call failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_and_framing_headers_do_not_pass() {
+        for h in [
+            "X-OL-Cache",
+            "x-ol-timing",
+            "Connection",
+            "Transfer-Encoding",
+            "content-length",
+            "Upgrade",
+            "TE",
+            "Trailer",
+            "Keep-Alive",
+            "Proxy-Authenticate",
+        ] {
+            assert!(!passes(h), "{h}");
+        }
+        for h in [
+            "content-type",
+            "x-olive",
+            "set-cookie",
+            "x-app",
+            "trailers-x",
+        ] {
+            assert!(passes(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn log_mode_keeps_the_first_line_only() {
+        let reply = Reply {
+            status: 500,
+            headers: vec![(TRACEBACK_MARK.into(), "1".into())],
+            body: b"function f raised E: x\nTraceback ...\n".to_vec(),
+        };
+        let r = check("f", reply, Tracebacks::Log).unwrap();
+        assert_eq!(r.body, b"function f raised E: x\n");
+        assert!(r.headers.is_empty());
+        let interim = Reply {
+            status: 101,
+            headers: vec![],
+            body: vec![],
+        };
+        let Err(e) = check("f", interim, Tracebacks::Client) else {
+            panic!("a 101 passed");
+        };
+        assert_eq!((e.status, e.line.contains("status 101")), (502, true));
+    }
+}
