@@ -24,7 +24,12 @@
 //! connect_ms = 1000
 //! read_ms = 30000
 //! total_ms = 60000
+//! header_read_ms = 10000           # a client's request head, at most
+//! idle_keepalive_ms = 60000        # an idle client keep-alive connection
 //! shutdown_grace_ms = 5000
+//!
+//! [limits]
+//! max_connections = 4096            # client connections; more: 503, closed
 //!
 //! [routing]                         # config::policy::RoutingConfig
 //! default_policy = "least-load"
@@ -228,6 +233,14 @@ pub struct TimeoutsConfig {
     pub total_ms: u64,
     /// Idle upstream keep-alive connections are closed after this long.
     pub idle_ms: u64,
+    /// A client's request head (request line and headers) must arrive
+    /// within this long: from the connection's start for its first
+    /// request, or from its first byte on a kept-alive connection
+    /// (slow or half-sent heads are closed, never held).
+    pub header_read_ms: u64,
+    /// A client keep-alive connection with no new request is closed after
+    /// this long (whole seconds, rounded up: pingora's keep-alive timer).
+    pub idle_keepalive_ms: u64,
     /// On SIGINT/SIGTERM: how long in-flight requests may finish.
     pub shutdown_grace_ms: u64,
 }
@@ -242,6 +255,10 @@ pub struct ProxyLimits {
     pub inspect_body_bytes: usize,
     /// Upstream keep-alive connections kept per proxy.
     pub keepalive_pool: usize,
+    /// Client connections open at once on the public listener; one more
+    /// is answered `503` and closed at once. Clamped at start to what the
+    /// fd limit allows (`RLIMIT_NOFILE`, see proxy/README.md).
+    pub max_connections: usize,
 }
 
 /// A non-`/run/` path prefix forwarded unchanged with a policy.
@@ -341,6 +358,8 @@ impl Default for TimeoutsConfig {
             write_ms: 30_000,
             total_ms: 60_000,
             idle_ms: 60_000,
+            header_read_ms: 10_000,
+            idle_keepalive_ms: 60_000,
             shutdown_grace_ms: 5000,
         }
     }
@@ -352,6 +371,7 @@ impl Default for ProxyLimits {
             max_header_bytes: 32 * 1024,
             inspect_body_bytes: MAX_INSPECT_BODY_BYTES,
             keepalive_pool: 128,
+            max_connections: 4096,
         }
     }
 }
@@ -456,6 +476,12 @@ impl ProxyConfig {
             ("timeouts.write_ms", self.timeouts.write_ms),
             ("timeouts.total_ms", self.timeouts.total_ms),
             ("timeouts.idle_ms", self.timeouts.idle_ms),
+            ("timeouts.header_read_ms", self.timeouts.header_read_ms),
+            (
+                "timeouts.idle_keepalive_ms",
+                self.timeouts.idle_keepalive_ms,
+            ),
+            ("limits.max_connections", self.limits.max_connections as u64),
             (
                 "limits.inspect_body_bytes",
                 self.limits.inspect_body_bytes as u64,
@@ -475,6 +501,23 @@ impl ProxyConfig {
                 "limits.inspect_body_bytes",
                 format!("must be at most {MAX_INSPECT_BODY_BYTES} (pingora's replay buffer)"),
             ));
+        }
+        if self.limits.max_connections > 1_000_000 {
+            return Err(Invalid::new(
+                "limits.max_connections",
+                "must be at most 1000000",
+            ));
+        }
+        for (field, v) in [
+            ("timeouts.header_read_ms", self.timeouts.header_read_ms),
+            (
+                "timeouts.idle_keepalive_ms",
+                self.timeouts.idle_keepalive_ms,
+            ),
+        ] {
+            if v > 3_600_000 {
+                return Err(Invalid::new(field, "must be at most 3600000 (1 hour)"));
+            }
         }
         if self.timeouts.shutdown_grace_ms > 600_000 {
             return Err(Invalid::new(

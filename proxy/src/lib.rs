@@ -21,10 +21,13 @@
 //!   `/registry` front), [`result_cache`], [`import_index`].
 //! - [`local`]: local `ol-worker` children for the quickstart.
 //! - [`server`]: builds the pingora server from our config, and shutdown.
+//! - [`conns`]: client connections: the cap, request-head deadlines, idle
+//!   keep-alive.
 
 pub mod admin;
 pub mod caches;
 pub mod codestore;
+pub mod conns;
 pub mod exp_page;
 pub mod experiments;
 pub mod grpc;

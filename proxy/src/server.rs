@@ -10,18 +10,19 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use config::ProxyConfig;
 use pingora::apps::HttpServerOptions;
-use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
+use crate::conns::Guarded;
 use crate::health::Background;
 use crate::service::OlProxy;
 use crate::snapshot::{Snapshot, State, IN_FLIGHT};
@@ -61,6 +62,19 @@ pub fn run(plan: Plan) {
     let listen = cfg.listen.to_string();
     let admin_listen = cfg.admin.listen.to_string();
     let grace = Duration::from_millis(cfg.timeouts.shutdown_grace_ms);
+    let idle_keepalive_ms = cfg.timeouts.idle_keepalive_ms;
+    let (nofile, fd_cap) = crate::conns::init(cfg.limits.keepalive_pool);
+    if cfg.limits.max_connections > fd_cap {
+        log::warn!(
+            "limits.max_connections {} is more than the fd limit allows ({nofile} fds: {fd_cap} connections, each with its worker connection); using {fd_cap}",
+            cfg.limits.max_connections
+        );
+    } else {
+        log::info!(
+            "limits.max_connections {} ({nofile} fds allow {fd_cap})",
+            cfg.limits.max_connections
+        );
+    }
 
     let conf = ServerConf {
         threads: cfg.threads,
@@ -106,15 +120,24 @@ pub fn run(plan: Plan) {
 
     let mut opts = HttpServerOptions::default();
     opts.h2c = true;
-    let mut proxy = ProxyServiceBuilder::new(
+    // h2c connections: pingora's own idle timeout (fixed at start).
+    opts.h2_idle_timeout = Some(Duration::from_millis(idle_keepalive_ms));
+    let mut app = pingora::proxy::http_proxy(
         &conf,
         OlProxy {
             state: state.clone(),
         },
-    )
-    .name("ol-proxy")
-    .server_options(opts)
-    .build();
+    );
+    app.server_options = Some(opts);
+    // The connection cap and request-head deadlines (conns.rs: pingora
+    // has neither), around pingora's HTTP proxy app.
+    let mut proxy = Service::new(
+        "ol-proxy".to_string(),
+        Guarded {
+            app: Arc::new(app),
+            state: state.clone(),
+        },
+    );
     proxy.add_tcp(&listen);
 
     let mut admin = Service::new(

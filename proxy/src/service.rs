@@ -5,6 +5,7 @@
 //! | hook (in pingora's order) | runs | ol-edge does |
 //! |---|---|---|
 //! | `new_ctx` | once per request, before anything is read past the header | counts the request in flight (for shutdown drain), starts the clock |
+//! | `early_request_filter` | first, once the request head is parsed | ends the head deadline (`conns.rs`), turns on HTTP/1.1 pipelining, sets the client keep-alive to `timeouts.idle_keepalive_ms` |
 //! | `request_filter` | after the request header is parsed | name inspection (`/run/<name>`, 400/404), loads the snapshot, extracts the policy's keys (cookie, header, query; the body only for a JSON path, 413 beyond the limit); `/registry` from the function cache and result-cache hits (`caches.rs`); asks the policy (with the function's packages and the import index) for an ordered list of healthy workers (503 when empty) |
 //! | `upstream_peer` | before each connect attempt (again after a retryable failure) | takes the next worker of the order, holds an in-flight slot on it, builds the peer with the configured timeouts |
 //! | `fail_to_connect` | a connect attempt failed | counts a failed health check for the worker (passive health), and marks the error retryable while the policy's picks and `retries` allow; the next `upstream_peer` takes the next pick |
@@ -14,7 +15,7 @@
 //! | `response_filter` | before the response header goes to the client | adds `x-ol-worker` and `x-ol-policy`; `x-ol-cache: miss` for a cacheable function, whose 2xx head the result cache keeps; the import index notes that the worker ran the function (`caches.rs`) |
 //! | `response_body_filter` | each body chunk to the client | the result cache collects a fill (bounded) and stores it at the end |
 //! | `fail_to_proxy` | the request failed for good | answers 502/503/504/400 with a one-line reason and the `x-ol-*` headers |
-//! | `logging` | at the end of every request | metrics by route, policy and worker; the worker's latency EWMA; releases the in-flight slot if the response did not (errors, header-only responses) |
+//! | `logging` | at the end of every request | starts the next head's deadline (`conns.rs`); metrics by route, policy and worker; the worker's latency EWMA; releases the in-flight slot if the response did not (errors, header-only responses) |
 //!
 //! Status, headers, body and trailers from workers pass through unchanged:
 //! pingora strips hop-by-hop headers and re-frames the body per protocol.
@@ -228,6 +229,24 @@ impl ProxyHttp for OlProxy {
             timing: None,
             _in_flight: InFlight::new(),
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // The head is complete: its deadline is off until the request ends.
+        crate::conns::head_read();
+        // Pipelined HTTP/1.1 requests: pingora (v1/server.rs, `reuse`)
+        // drops a connection whose read went past this request unless
+        // pipelining is on; with it on, the extra bytes start the next
+        // request, answered in order. It carries over keep-alive reuses.
+        session.set_pipelining_enabled(true);
+        // pingora keeps an HTTP/1.1 connection for the next request with
+        // no time limit; ours is timeouts.idle_keepalive_ms.
+        if session.get_keepalive().is_some() {
+            let snap = self.state.snap.load();
+            let idle = crate::conns::idle_secs(snap.config.timeouts.idle_keepalive_ms);
+            session.set_keepalive(Some(idle));
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -641,6 +660,7 @@ impl ProxyHttp for OlProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.release();
+        crate::conns::request_done();
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
