@@ -79,6 +79,15 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // No worker at all would answer every call 503: refuse to start.
+    let workers_at_start = cfg.local_workers.count;
+    if let Err(i) = proxy::reload::check_has_workers(&cfg, workers_at_start) {
+        eprintln!(
+            "{}",
+            config::ConfigError::field(&name, &text, &i.field, i.reason)
+        );
+        return ExitCode::from(2);
+    }
     if cli.check {
         println!("{}: ok", name.display());
         return ExitCode::SUCCESS;

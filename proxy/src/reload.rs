@@ -7,7 +7,9 @@
 //! built off to the side; only a complete snapshot is stored, so a request
 //! sees either the old config or the new one, never a mix. A request keeps
 //! the snapshot it loaded to its end, so requests in flight finish under
-//! the set they started with. An invalid file changes nothing: the error is
+//! the set they started with. An invalid file, or one that names no worker
+//! (empty `workers.static`, no DNS, no local workers: every call would be
+//! 503, [`check_has_workers`]), changes nothing: the error is
 //! logged as one line, `ol_proxy_reloads_total{result="failed"}` goes up,
 //! and the old snapshot stays.
 //!
@@ -194,6 +196,20 @@ fn pin_restart_only(r: &Reloader, new: &mut ProxyConfig) -> Vec<String> {
     out
 }
 
+/// A config that names no worker at all (an empty `workers.static`, no
+/// `workers.dns`, no local workers) would answer every call 503: it is
+/// refused at start and on reload, like an invalid file. Not part of
+/// `ProxyConfig::validate`, where an empty file stays a valid default.
+pub fn check_has_workers(cfg: &ProxyConfig, local_workers: usize) -> Result<(), config::Invalid> {
+    if cfg.workers.static_addrs.is_empty() && cfg.workers.dns.is_empty() && local_workers == 0 {
+        return Err(config::Invalid::new(
+            "workers.static",
+            "no workers: the list is empty and neither workers.dns nor local_workers.count is set, so every call would answer 503",
+        ));
+    }
+    Ok(())
+}
+
 /// Copies latency estimates of workers kept from `old` into `new`'s table.
 fn carry_latency(old: &Snapshot, new: &Snapshot) {
     for (i, w) in new.workers.iter().enumerate() {
@@ -218,6 +234,7 @@ fn build(
     let dns = !cfg.workers.dns.is_empty() && cfg.workers.dns == old.config.workers.dns;
     let hash = crate::server::config_hash(text);
     let field = |e: config::Invalid| ConfigError::field(path, text, &e.field, e.reason);
+    check_has_workers(&cfg, r.local.len()).map_err(field)?;
     let mut snap = Snapshot::build(cfg, hash, &r.local, Some(old)).map_err(field)?;
     if dns {
         let addrs: Vec<SocketAddr> = old

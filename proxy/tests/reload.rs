@@ -236,3 +236,104 @@ fn admin_reload_reports_outcome_and_restart_only_settings() {
     assert_eq!(r.header("x-ol-policy"), Some("random"));
     assert!(proxy.log_text().contains("needs a restart"));
 }
+
+#[test]
+fn reload_to_no_workers_is_refused_and_old_workers_keep_serving() {
+    let wp = free_port();
+    let _w = start_worker(wp);
+    let ports = Ports::new();
+    let a = cfg(&ports, &[wp], "round-robin", "A");
+    let proxy = start_proxy(&a, &ports);
+    let file = proxy.dir.as_ref().unwrap().join("proxy.toml");
+    wait_healthy(ports.admin, "", 1);
+    let worker = format!("127.0.0.1:{wp}");
+
+    // A valid file whose worker list is empty (and no DNS): refused, as
+    // an invalid file is, with the reason.
+    let empty = cfg(&ports, &[], "random", "EMPTY");
+    assert!(empty.contains("static = []"), "{empty}");
+    write_atomic(&file, &empty);
+    let failed = reloads(ports.admin, "failed");
+    let r = http(ports.admin, "POST", "/admin/reload", &[], b"");
+    assert_eq!(r.status, 422, "{}", r.text());
+    let o: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(o["ok"], false);
+    let e = o["error"].as_str().unwrap();
+    assert!(
+        e.contains("proxy.toml:") && e.contains(": workers.static: no workers"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
+    assert_eq!(o["version"], "A", "the old config stays");
+    assert_eq!(reloads(ports.admin, "failed"), failed + 1);
+
+    // SIGHUP: the same, in the log.
+    proxy.signal(libc::SIGHUP);
+    wait_reload(ports.admin, "failed", failed + 1);
+    let log = proxy.log_text();
+    assert!(
+        log.contains("reload (SIGHUP): refused") && log.contains("workers.static: no workers"),
+        "{log}"
+    );
+
+    // Calls keep going to the old worker, under the old policy.
+    for _ in 0..5 {
+        let r = http(ports.listen, "POST", "/run/hello", &[], b"{}");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-ol-worker"), Some(worker.as_str()));
+        assert_eq!(r.header("x-ol-policy"), Some("round-robin"));
+    }
+    let st: serde_json::Value =
+        serde_json::from_slice(&http(ports.admin, "GET", "/admin/status", &[], b"").body).unwrap();
+    assert_eq!(st["config"]["version"], "A");
+    assert_eq!(st["workers"].as_array().unwrap().len(), 1);
+    assert_eq!(st["reloads"]["last"]["ok"], false);
+
+    // A file with workers again reloads fine.
+    write_atomic(&file, &cfg(&ports, &[wp], "random", "B"));
+    let r = http(ports.admin, "POST", "/admin/reload", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn start_with_no_workers_fails_with_one_line() {
+    let ports = Ports::new();
+    let dir = temp_dir("noworkers");
+    let file = dir.join("proxy.toml");
+    std::fs::write(&file, cfg(&ports, &[], "round-robin", "A")).unwrap();
+    for check in [false, true] {
+        let mut cmd = std::process::Command::new(proxy_bin());
+        cmd.arg("--config").arg(&file);
+        if check {
+            cmd.arg("--check");
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ol-proxy with no workers (--check: {check}) still running after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(status.code(), Some(2), "--check: {check}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0].contains("proxy.toml:") && lines[0].contains(": workers.static: no workers"),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
