@@ -10,12 +10,39 @@
 //! - [`version`]: a package's version, the first 16 hex digits of its SHA-256.
 //! - [`requirement_lines`]: the lines of a `requirements.txt` that say
 //!   something, read the same way by the worker (which installs pins) and
-//!   the proxy (which routes by package names).
+//!   the proxy (which routes by package names); [`parse_requirements`],
+//!   the pins the worker installs.
+//! - [`check_metadata`]: the checks of an upload beyond its archive's, the
+//!   same on both sides.
 
 pub mod archive;
 pub mod dir;
+mod requirements;
 
+use std::collections::HashMap;
+
+use config::FunctionConfig;
 use sha2::{Digest, Sha256};
+
+pub use requirements::{parse_requirements, Pin};
+
+/// The top-level files an upload's checks read (`archive::inspect`).
+pub const METADATA_FILES: [&str; 2] = ["ol.yaml", "requirements.txt"];
+
+/// The checks of an upload beyond its archive's, given the texts of its
+/// [`METADATA_FILES`]: a valid `ol.yaml` and a `requirements.txt` of pins
+/// only. The worker's and the proxy's upload endpoints both use it, so a
+/// package that would fail every call is refused at upload (400) instead.
+pub fn check_metadata(files: &HashMap<String, String>) -> Result<FunctionConfig, String> {
+    let config = match files.get("ol.yaml") {
+        Some(y) => FunctionConfig::from_yaml(y).map_err(|e| format!("ol.yaml: {e}"))?,
+        None => FunctionConfig::default(),
+    };
+    if let Some(text) = files.get("requirements.txt") {
+        parse_requirements(text)?;
+    }
+    Ok(config)
+}
 
 /// The version of a package: the first 16 hex digits of its SHA-256.
 pub fn version(package: &[u8]) -> String {

@@ -172,6 +172,76 @@ pub struct FunctionLimits {
     pub runtime_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<u64>,
+    /// Open files per instance (RLIMIT_NOFILE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+}
+
+/// The largest `ol.yaml` accepted.
+pub const MAX_YAML_BYTES: usize = 64 << 10;
+/// The deepest nesting accepted in `ol.yaml` (blocks, `- ` items and flow
+/// brackets together); the deepest real field is four levels down.
+pub const MAX_YAML_DEPTH: usize = 16;
+
+/// Refuses YAML larger than [`MAX_YAML_BYTES`] or nested deeper than
+/// [`MAX_YAML_DEPTH`], without parsing it. The depth is over-estimated
+/// (indentation levels, plus `- ` and `? ` indicators, plus open `[`/`{`
+/// outside quotes and comments), never under-estimated.
+pub fn check_yaml_shape(text: &str) -> Result<(), String> {
+    if text.len() > MAX_YAML_BYTES {
+        return Err(format!(
+            "ol.yaml is {} bytes; the limit is {MAX_YAML_BYTES}",
+            text.len()
+        ));
+    }
+    let too_deep = |n: usize| format!("line {n}: nested more than {MAX_YAML_DEPTH} levels deep");
+    let mut indents: Vec<usize> = Vec::new();
+    let (mut flow, mut block) = (0usize, 0usize);
+    for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l)) {
+        let body = line.trim_start_matches([' ', '\t']);
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let mut depth = block;
+        if flow == 0 {
+            let indent = line.len() - body.len();
+            while indents.last().is_some_and(|&i| i >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            depth = indents.len();
+            let mut rest = body;
+            while let Some(r) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("? ")) {
+                depth += 1;
+                rest = r.trim_start();
+            }
+            block = depth;
+        }
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        for c in body.chars() {
+            match (quote, c) {
+                (Some('"'), '"') if prev != '\\' => quote = None,
+                (Some('\''), '\'') => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') if prev == ' ' || prev == '\t' => break,
+                (None, '[' | '{') => {
+                    flow += 1;
+                    if depth + flow > MAX_YAML_DEPTH {
+                        return Err(too_deep(n));
+                    }
+                }
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            prev = c;
+        }
+        if depth + flow > MAX_YAML_DEPTH {
+            return Err(too_deep(n));
+        }
+    }
+    Ok(())
 }
 
 const METHODS: &[&str] = &[
@@ -181,10 +251,13 @@ const METHODS: &[&str] = &[
 impl FunctionConfig {
     /// Parses and validates `ol.yaml` text. The error is one line, with the
     /// YAML line when the parser knows it.
+    /// Untrusted text is bounded first ([`check_yaml_shape`]): the parser
+    /// reads every event before the deserializer's own depth limit applies.
     pub fn from_yaml(text: &str) -> Result<Self, String> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
+        check_yaml_shape(text)?;
         let cfg: FunctionConfig =
             serde_yaml::from_str(text).map_err(|e| crate::error::one_line(&e.to_string()))?;
         cfg.validate()
@@ -207,6 +280,7 @@ impl FunctionConfig {
             ("limits.procs", l.procs),
             ("limits.runtime_ms", l.runtime_ms),
             ("limits.cpu_percent", l.cpu_percent),
+            ("limits.open_files", l.open_files),
         ] {
             if v == Some(0) {
                 return Err(Invalid::new(field, "must be greater than 0"));
@@ -326,5 +400,28 @@ mod tests {
         );
         let c = FunctionConfig::from_yaml("network: egress\n").unwrap();
         assert_eq!(c.network, Network::Egress);
+    }
+
+    #[test]
+    fn untrusted_yaml_is_bounded_before_parsing() {
+        let started = std::time::Instant::now();
+        for deep in [
+            "[".repeat(60_000),
+            "{a: ".repeat(15_000),
+            "- ".repeat(30_000) + "x",
+            format!("environment:\n  A: {}", "[".repeat(40)),
+            (0..40)
+                .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+                .collect(),
+        ] {
+            let e = FunctionConfig::from_yaml(&deep).unwrap_err();
+            assert!(e.contains("nested more than 16 levels"), "{e}");
+        }
+        let e = FunctionConfig::from_yaml(&format!("# {}\n", "x".repeat(70_000))).unwrap_err();
+        assert!(e.contains("the limit is 65536"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // Real files pass, brackets in quotes and comments do not count.
+        let ok = "triggers:\n  http:\n    - method: POST  # [[[[[[[[[[[[[[[[[[[[\nenvironment:\n  A: \"[[[[[[[[[[[[[[[[[[[[[[\"\n  B: '{{{{{{{{{{{{{{{{{{{{{{{{'\nmethods: [GET, POST]\n";
+        FunctionConfig::from_yaml(ok).unwrap();
     }
 }

@@ -85,7 +85,7 @@ pub struct ProxyConfig {
     /// Policy A/B experiments (`crate::experiment`).
     pub experiments: Vec<crate::ExperimentConfig>,
     /// The function cache and code store front (`/registry/` on the
-    /// public port); off while `backing` is empty.
+    /// admin listener, behind `code_store.token`); off while `backing` is empty.
     pub code_store: CodeStoreConfig,
     /// Responses of functions whose `ol.yaml` has a `cache` section.
     pub result_cache: ResultCacheConfig,
@@ -100,6 +100,10 @@ pub struct CodeStoreConfig {
     /// serves the code store API (a worker's or another proxy's
     /// `/registry`). Empty: no function cache, `/registry/` is not served.
     pub backing: String,
+    /// Bearer token every caller of `/registry` (workers fetching code as
+    /// well as uploaders) must send; also sent to an http(s) backing store.
+    /// Required with `backing`: packages hold functions' secrets.
+    pub token: String,
     /// A cached package is re-checked against the backing store after this.
     pub ttl_ms: u64,
     /// Bytes of packages (and their metadata) kept.
@@ -133,6 +137,7 @@ impl Default for CodeStoreConfig {
     fn default() -> Self {
         CodeStoreConfig {
             backing: String::new(),
+            token: String::new(),
             ttl_ms: 2000,
             max_bytes: 256 << 20,
             max_upload_bytes: 64 << 20,
@@ -426,6 +431,12 @@ impl ProxyConfig {
                     ),
                 ));
             }
+        }
+        if !self.code_store.backing.is_empty() && self.code_store.token.is_empty() {
+            return Err(Invalid::new(
+                "code_store.token",
+                "must be set with code_store.backing: /registry serves functions' code and secrets",
+            ));
         }
         for (field, v) in [
             ("code_store.ttl_ms", self.code_store.ttl_ms),

@@ -17,6 +17,12 @@ pub struct WorkerConfig {
     pub registry: String,
     /// How long fetched code is trusted before the store is asked again.
     pub registry_cache_ms: u64,
+    /// The code store's bearer token: sent to an http(s) `registry` (an
+    /// ol-proxy's `code_store.token`), and, when set, required on every
+    /// `/registry` request to this worker. Without it, `GET
+    /// /registry/<name>/config` never shows `environment` values. The
+    /// environment variable `OL_REGISTRY_TOKEN` overrides it.
+    pub registry_token: String,
     /// `process` (a Python process per instance) or `docker`.
     pub sandbox: SandboxKind,
     /// Where the worker keeps unpacked code, scratch dirs and sockets.
@@ -92,7 +98,8 @@ pub struct InstancesConfig {
     pub memory_budget_mb: u64,
 }
 
-/// Default per-instance limits; a function's `ol.yaml` may override each.
+/// Default per-instance limits; a function's `ol.yaml` may lower or raise
+/// each, up to its ceiling in `[limits.max]`, never past it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -101,6 +108,62 @@ pub struct LimitsConfig {
     pub runtime_ms: u64,
     /// Percent of one CPU (100 = one core).
     pub cpu_percent: u64,
+    /// Open files per instance (RLIMIT_NOFILE).
+    pub open_files: u64,
+    /// The most a function may ask for: set by the operator only.
+    pub max: LimitCeilings,
+}
+
+/// `[limits.max]`: ceilings on what a function's `ol.yaml` may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitCeilings {
+    pub memory_mb: u64,
+    pub procs: u64,
+    pub runtime_ms: u64,
+    pub cpu_percent: u64,
+    pub open_files: u64,
+}
+
+/// One instance's limits once a function's asks are applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InstanceLimits {
+    pub memory_mb: u64,
+    pub procs: u64,
+    pub runtime_ms: u64,
+    pub cpu_percent: u64,
+    pub open_files: u64,
+}
+
+impl LimitsConfig {
+    /// The worker's defaults with what a function asks for, each checked
+    /// against its ceiling: the error names the field, e.g. `limits.memory_mb:
+    /// 1000000 is above this worker's ceiling of 1024 (limits.max.memory_mb)`.
+    pub fn for_function(
+        &self,
+        f: &crate::function::FunctionLimits,
+    ) -> Result<InstanceLimits, String> {
+        let m = &self.max;
+        let pick = |field: &str, asked: Option<u64>, default: u64, max: u64| match asked {
+            Some(v) if v > max => Err(format!(
+                "limits.{field}: {v} is above this worker's ceiling of {max} (limits.max.{field})"
+            )),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        Ok(InstanceLimits {
+            memory_mb: pick("memory_mb", f.memory_mb, self.memory_mb, m.memory_mb)?,
+            procs: pick("procs", f.procs, self.procs, m.procs)?,
+            runtime_ms: pick("runtime_ms", f.runtime_ms, self.runtime_ms, m.runtime_ms)?,
+            cpu_percent: pick(
+                "cpu_percent",
+                f.cpu_percent,
+                self.cpu_percent,
+                m.cpu_percent,
+            )?,
+            open_files: pick("open_files", f.open_files, self.open_files, m.open_files)?,
+        })
+    }
 }
 
 /// The unprivileged uids handlers run as (one per live instance), when the
@@ -249,6 +312,7 @@ impl Default for WorkerConfig {
             listen: "127.0.0.1:5000".parse().unwrap(),
             registry: "examples/functions".into(),
             registry_cache_ms: 5000,
+            registry_token: String::new(),
             sandbox: SandboxKind::Process,
             work_dir: None,
             python: "/usr/bin/python3".into(),
@@ -284,6 +348,20 @@ impl Default for LimitsConfig {
             procs: 64,
             runtime_ms: 30_000,
             cpu_percent: 100,
+            open_files: 1024,
+            max: LimitCeilings::default(),
+        }
+    }
+}
+
+impl Default for LimitCeilings {
+    fn default() -> Self {
+        LimitCeilings {
+            memory_mb: 1024,
+            procs: 256,
+            runtime_ms: 300_000,
+            cpu_percent: 200,
+            open_files: 4096,
         }
     }
 }
@@ -327,6 +405,7 @@ impl WorkerConfig {
             ("limits.procs", self.limits.procs),
             ("limits.runtime_ms", self.limits.runtime_ms),
             ("limits.cpu_percent", self.limits.cpu_percent),
+            ("limits.open_files", self.limits.open_files),
             ("sandbox_user.uid_base", self.sandbox_user.uid_base as u64),
             ("sandbox_user.uid_count", self.sandbox_user.uid_count as u64),
             ("docker.start_timeout_ms", self.docker.start_timeout_ms),
@@ -339,6 +418,21 @@ impl WorkerConfig {
         for (field, v) in positive {
             if v == 0 {
                 return Err(Invalid::new(field, "must be greater than 0"));
+            }
+        }
+        let (l, m) = (&self.limits, &self.limits.max);
+        for (field, default, max) in [
+            ("memory_mb", l.memory_mb, m.memory_mb),
+            ("procs", l.procs, m.procs),
+            ("runtime_ms", l.runtime_ms, m.runtime_ms),
+            ("cpu_percent", l.cpu_percent, m.cpu_percent),
+            ("open_files", l.open_files, m.open_files),
+        ] {
+            if default > max {
+                return Err(Invalid::new(
+                    format!("limits.{field}"),
+                    format!("{default} is above its ceiling limits.max.{field} = {max}"),
+                ));
             }
         }
         if self.limits.memory_mb < 16 {

@@ -1,6 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text) and `/admin/status`
 //! (JSON), on its own address and never on the public port, behind a
-//! bearer token when one is configured.
+//! bearer token when one is configured; and the code store API
+//! (`/registry`, `codestore.rs`) behind `code_store.token`, which the
+//! workers that fetch code from the proxy send.
 //!
 //! It is a separate pingora service (`ServeHttp`) with one thread, so a
 //! scrape never competes with the proxy's threads for long.
@@ -30,11 +32,6 @@ fn text(status: StatusCode, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
         .header("content-length", body.len())
         .body(body)
         .expect("static parts")
-}
-
-/// Compares without an early exit, so timing does not leak the token.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Admin {
@@ -157,6 +154,7 @@ impl Admin {
             }
         }
         crate::caches::render(&mut out, &snap.workers);
+        crate::conns::render(&mut out);
         out
     }
 }
@@ -164,6 +162,13 @@ impl Admin {
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // The code store has its own token (workers send it, not the admin one).
+        let p = session.req_header().uri.path();
+        if p == "/registry" || p.starts_with("/registry/") {
+            if let Some(code) = crate::caches::get().and_then(|c| c.code.as_ref()) {
+                return code.serve(session).await;
+            }
+        }
         let token = self.state.snap.load().config.admin.token.clone();
         if !token.is_empty() {
             let given = session
@@ -172,7 +177,7 @@ impl ServeHttp for Admin {
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes())
                 .and_then(|v| v.strip_prefix(b"Bearer "));
-            if !given.is_some_and(|g| same(g, token.as_bytes())) {
+            if !given.is_some_and(|g| crate::codestore::same_secret(g, token.as_bytes())) {
                 let mut r = text(
                     StatusCode::UNAUTHORIZED,
                     "text/plain",

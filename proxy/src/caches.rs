@@ -204,7 +204,7 @@ pub(crate) enum BodyRead {
 /// retry buffer keeps it for the worker (as `service` does for JSON
 /// routing keys): the result cache keys on the body, then forwards it.
 pub(crate) async fn read_body(
-    session: &mut Session,
+    session: &mut pingora::protocols::http::ServerSession,
     limit: usize,
     replay: bool,
 ) -> Result<BodyRead> {
@@ -213,14 +213,14 @@ pub(crate) async fn read_body(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if len == Some(0) || (len.is_none() && session.downstream_session.is_body_empty()) {
+    if len == Some(0) || (len.is_none() && session.is_body_empty()) {
         return Ok(BodyRead::Whole(Bytes::new()));
     }
     if len.is_some_and(|l| l > limit) {
         return Ok(BodyRead::TooLarge);
     }
     if replay {
-        session.downstream_session.enable_retry_buffering();
+        session.enable_retry_buffering();
     }
     let mut buf = BytesMut::new();
     while let Some(chunk) = session.read_request_body().await? {

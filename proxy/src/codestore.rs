@@ -35,9 +35,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use config::proxy::CodeStoreConfig;
 use config::FunctionConfig;
-use pingora::http::ResponseHeader;
-use pingora::prelude::*;
-use pingora::proxy::Session;
+use http::Response;
+use pingora::protocols::http::ServerSession;
 
 use crate::caches::{read_body, BodyRead};
 
@@ -109,6 +108,8 @@ pub struct StoreStats {
 /// The function cache in front of one backing store.
 pub struct CodeStore {
     backing: Backing,
+    /// `code_store.token`: required from callers, sent to an HTTP backing.
+    token: String,
     max_upload: usize,
     cache: moka::future::Cache<String, Option<Arc<FnPackage>>>,
     /// Last version seen per name, and when it replaced another one.
@@ -143,11 +144,16 @@ impl CodeStore {
             .build();
         Ok(CodeStore {
             backing,
+            token: cfg.token.clone(),
             max_upload: cfg.max_upload_bytes,
             cache,
             seen: Mutex::new(HashMap::new()),
             stats: StoreStats::default(),
         })
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
     }
 
     /// Cached entries and their weighed bytes.
@@ -216,24 +222,44 @@ impl CodeStore {
             }
             Backing::Http(base) => {
                 let url = format!("{base}/{name}.tar.gz");
-                blocking(move || match ureq::get(&url).call() {
-                    Ok(mut r) => r
-                        .body_mut()
-                        .with_config()
-                        .limit(limit)
-                        .read_to_vec()
-                        .map(|v| Some(Bytes::from(v)))
-                        .map_err(|e| StoreError(format!("GET {url}: {e}"))),
-                    Err(ureq::Error::StatusCode(404)) => Ok(None),
-                    Err(e) => Err(StoreError(format!("GET {url}: {e}"))),
-                })
+                let auth = self.bearer();
+                blocking(
+                    move || match ureq::get(&url).header("authorization", &auth).call() {
+                        Ok(mut r) => r
+                            .body_mut()
+                            .with_config()
+                            .limit(limit)
+                            .read_to_vec()
+                            .map(|v| Some(Bytes::from(v)))
+                            .map_err(|e| StoreError(format!("GET {url}: {e}"))),
+                        Err(ureq::Error::StatusCode(404)) => Ok(None),
+                        Err(e) => Err(StoreError(format!("GET {url}: {e}"))),
+                    },
+                )
                 .await
             }
         }
     }
 
-    /// Serves the code store API on `/registry...` from the cache.
-    pub async fn serve(&self, session: &mut Session) -> Result<()> {
+    /// Serves the code store API on `/registry...` from the cache, on the
+    /// admin listener, to callers with `code_store.token` only.
+    pub async fn serve(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let given = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .and_then(|v| v.strip_prefix(b"Bearer "));
+        if !given.is_some_and(|g| same_secret(g, self.token.as_bytes())) {
+            let mut r = reply(
+                401,
+                "text/plain",
+                line("the code store needs Authorization: Bearer <code_store.token>"),
+            );
+            r.headers_mut()
+                .insert("www-authenticate", http::HeaderValue::from_static("Bearer"));
+            return r;
+        }
         let path = session.req_header().uri.path().to_string();
         let method = session.req_header().method.clone();
         let rest = path
@@ -243,19 +269,17 @@ impl CodeStore {
         if rest.is_empty() {
             if method != http::Method::GET {
                 return reply(
-                    session,
                     405,
                     "text/plain",
-                    "the registry list only answers GET\n".into(),
-                )
-                .await;
+                    line("the registry list only answers GET"),
+                );
             }
             return match self.list().await {
                 Ok(names) => {
                     let body = serde_json::to_vec(&names).unwrap_or_default();
-                    reply(session, 200, "application/json", body.into()).await
+                    reply(200, "application/json", body)
                 }
-                Err(e) => reply(session, 502, "text/plain", line(&e.0)).await,
+                Err(e) => reply(502, "text/plain", line(&e.0)),
             };
         }
         let (name, sub) = rest.split_once('/').unwrap_or((rest, ""));
@@ -266,51 +290,45 @@ impl CodeStore {
             _ => name,
         };
         if let Err(e) = config::validate_function_name(name) {
-            return reply(session, 400, "text/plain", line(&e)).await;
+            return reply(400, "text/plain", line(&e));
         }
         let name = name.to_string();
         match (method.as_str(), sub) {
             ("GET" | "HEAD", "") | ("GET", "config") => match self.get(&name).await {
                 Ok(Some(p)) if sub.is_empty() => {
-                    let mut h = head(200, "application/gzip", p.bytes.len())?;
-                    h.insert_header("x-ol-version", p.version.as_str())?;
-                    let head_only = method == http::Method::HEAD;
-                    session
-                        .write_response_header(Box::new(h), head_only)
-                        .await?;
-                    if !head_only {
-                        session
-                            .write_response_body(Some(p.bytes.clone()), true)
-                            .await?;
+                    let mut r = reply(200, "application/gzip", p.bytes.to_vec());
+                    if let Ok(v) = http::HeaderValue::from_str(&p.version) {
+                        r.headers_mut().insert("x-ol-version", v);
                     }
-                    Ok(())
+                    r
                 }
-                Ok(Some(p)) => reply(session, 200, "application/json", p.config_json.clone()).await,
+                Ok(Some(p)) => reply(200, "application/json", p.config_json.to_vec()),
                 Ok(None) => {
                     let msg = format!("no function named {name:?} in the code store");
-                    reply(session, 404, "text/plain", line(&msg)).await
+                    reply(404, "text/plain", line(&msg))
                 }
-                Err(e) => {
-                    reply(
-                        session,
-                        502,
-                        "text/plain",
-                        line(&format!("code store: {}", e.0)),
-                    )
-                    .await
-                }
+                Err(e) => reply(502, "text/plain", line(&format!("code store: {}", e.0))),
             },
             ("POST" | "PUT", "") => {
-                let body = match read_body(session, self.max_upload, false).await? {
-                    BodyRead::Whole(b) => b,
-                    BodyRead::TooLarge | BodyRead::Cut => {
+                let read = read_body(session, self.max_upload, false).await;
+                let body = match read {
+                    Ok(BodyRead::Whole(b)) => b,
+                    Ok(BodyRead::TooLarge | BodyRead::Cut) => {
                         self.stats.uploads_refused.fetch_add(1, Relaxed);
                         let msg = format!(
                             "upload is larger than the limit of {} bytes",
                             self.max_upload
                         );
                         session.set_keepalive(None);
-                        return reply(session, 413, "text/plain", line(&msg)).await;
+                        return reply(413, "text/plain", line(&msg));
+                    }
+                    Err(e) => {
+                        session.set_keepalive(None);
+                        return reply(
+                            400,
+                            "text/plain",
+                            line(&format!("cannot read the upload: {e}")),
+                        );
                     }
                 };
                 let (status, msg) = self.upload(&name, body).await;
@@ -320,25 +338,23 @@ impl CodeStore {
                 } else {
                     self.stats.uploads_refused.fetch_add(1, Relaxed);
                 }
-                reply(session, status, "text/plain", line(&msg)).await
+                reply(status, "text/plain", line(&msg))
             }
             ("DELETE", "") => {
                 let (status, msg) = self.delete(&name).await;
                 self.invalidate(&name).await;
                 if status == 204 {
                     self.stats.deletes.fetch_add(1, Relaxed);
-                    let h = head(204, "text/plain", 0)?;
-                    session.write_response_header(Box::new(h), true).await?;
-                    return Ok(());
+                    return reply(204, "text/plain", Vec::new());
                 }
-                reply(session, status, "text/plain", line(&msg)).await
+                reply(status, "text/plain", line(&msg))
             }
             (m, s) => {
                 let msg = format!(
                     "{m} /registry/{name}{}{s} is not supported",
                     if s.is_empty() { "" } else { "/" }
                 );
-                reply(session, 405, "text/plain", line(&msg)).await
+                reply(405, "text/plain", line(&msg))
             }
         }
     }
@@ -352,8 +368,10 @@ impl CodeStore {
             }
             Backing::Http(base) => {
                 let url = format!("{base}/");
+                let auth = self.bearer();
                 blocking(move || {
                     let text = ureq::get(&url)
+                        .header("authorization", &auth)
                         .call()
                         .and_then(|mut r| r.body_mut().read_to_string())
                         .map_err(|e| StoreError(format!("GET {url}: {e}")))?;
@@ -382,12 +400,14 @@ impl CodeStore {
             }
             Backing::Http(base) => {
                 let url = format!("{base}/{name}");
+                let auth = self.bearer();
                 blocking(move || {
                     if let Err(e) = check_package(&bytes, max_unpacked) {
                         return Ok((400, format!("refused upload of {name}: {e}")));
                     }
                     passed_on(
                         ureq::post(&url)
+                            .header("authorization", &auth)
                             .config()
                             .http_status_as_error(false)
                             .build()
@@ -415,9 +435,11 @@ impl CodeStore {
             }
             Backing::Http(base) => {
                 let url = format!("{base}/{name}");
+                let auth = self.bearer();
                 blocking(move || {
                     passed_on(
                         ureq::delete(&url)
+                            .header("authorization", &auth)
                             .config()
                             .http_status_as_error(false)
                             .build()
@@ -454,7 +476,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError(e.to_string()))?
 }
 
-fn line(s: &str) -> Bytes {
+fn line(s: &str) -> Vec<u8> {
     let mut one: String = s
         .split(['\n', '\r'])
         .map(str::trim)
@@ -462,25 +484,24 @@ fn line(s: &str) -> Bytes {
         .collect::<Vec<_>>()
         .join(" ");
     one.push('\n');
-    Bytes::from(one)
+    one.into_bytes()
 }
 
-fn head(status: u16, ctype: &str, len: usize) -> Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(status, Some(6))?;
-    h.insert_header("content-type", ctype)?;
+fn reply(status: u16, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .header("x-ol-worker", "none")
+        .header("x-ol-policy", "none");
     if status != 204 {
-        h.insert_header("content-length", len.to_string())?;
+        r = r.header("content-length", body.len());
     }
-    h.insert_header("x-ol-worker", "none")?;
-    h.insert_header("x-ol-policy", "none")?;
-    Ok(h)
+    r.body(body).expect("static parts")
 }
 
-async fn reply(session: &mut Session, status: u16, ctype: &str, body: Bytes) -> Result<()> {
-    let h = head(status, ctype, body.len())?;
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(())
+/// Compares without an early exit, so timing does not leak the token.
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn read_dir_package(root: &Path, name: &str) -> Result<Option<Bytes>, StoreError> {
@@ -494,14 +515,11 @@ const META_FILES: [&str; 3] = ["ol.yaml", "requirements.txt", "f.py"];
 
 /// Checks an upload with the same rules as the workers' registry
 /// (`codestore::archive`: gzip, entries that stay inside the function
-/// directory, at most `max_unpacked` bytes, an `f.py`), plus a valid
-/// `ol.yaml` if there is one.
+/// directory, at most `max_unpacked` bytes, an `f.py`), plus
+/// `codestore::check_metadata` (a valid `ol.yaml`, pinned requirements).
 pub fn check_package(bytes: &[u8], max_unpacked: u64) -> Result<(), String> {
     let files = read_package(bytes, max_unpacked)?;
-    if let Some(y) = files.get("ol.yaml") {
-        FunctionConfig::from_yaml(y).map_err(|e| format!("ol.yaml: {e}"))?;
-    }
-    Ok(())
+    codestore::check_metadata(&files).map(drop)
 }
 
 /// The text of the top-level [`META_FILES`] of a checked package.

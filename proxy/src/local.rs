@@ -44,8 +44,10 @@ pub fn find_binary(binary: &str) -> PathBuf {
     PathBuf::from(binary)
 }
 
-/// Starts `cfg.count` workers; returns their addresses.
-pub fn start(cfg: &LocalWorkersConfig) -> Result<Vec<SocketAddr>, String> {
+/// Starts `cfg.count` workers; returns their addresses. `registry_token`
+/// (the proxy's `code_store.token`) goes to them in their environment, not
+/// on their command line, for a registry that is this proxy's `/registry`.
+pub fn start(cfg: &LocalWorkersConfig, registry_token: &str) -> Result<Vec<SocketAddr>, String> {
     let bin = find_binary(&cfg.binary);
     let base = match &cfg.work_dir {
         Some(d) => d.clone(),
@@ -63,6 +65,9 @@ pub fn start(cfg: &LocalWorkersConfig) -> Result<Vec<SocketAddr>, String> {
         std::fs::create_dir_all(&work)
             .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
         let mut cmd = Command::new(&bin);
+        if !registry_token.is_empty() {
+            cmd.env("OL_REGISTRY_TOKEN", registry_token);
+        }
         cmd.arg("--listen")
             .arg(addr.to_string())
             .arg("--registry")

@@ -99,7 +99,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let local_workers = match proxy::local::start(&cfg.local_workers) {
+    let local_workers = match proxy::local::start(&cfg.local_workers, &cfg.code_store.token) {
         Ok(a) => a,
         Err(e) => {
             proxy::local::stop_all(std::time::Duration::from_secs(1));

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `new_ctx` | once per request, before anything is read past the header | counts the request in flight (for shutdown drain), starts the clock |
 //! | `early_request_filter` | first, once the request head is parsed | ends the head deadline (`conns.rs`), turns on HTTP/1.1 pipelining, sets the client keep-alive to `timeouts.idle_keepalive_ms` |
-//! | `request_filter` | after the request header is parsed | name inspection (`/run/<name>`, 400/404), loads the snapshot, extracts the policy's keys (cookie, header, query; the body only for a JSON path, 413 beyond the limit); `/registry` from the function cache and result-cache hits (`caches.rs`); asks the policy (with the function's packages and the import index) for an ordered list of healthy workers (503 when empty) |
+//! | `request_filter` | after the request header is parsed | name inspection (`/run/<name>`, 400/404), loads the snapshot, extracts the policy's keys (cookie, header, query; the body only for a JSON path, 413 beyond the limit); result-cache hits (`caches.rs`); asks the policy (with the function's packages and the import index) for an ordered list of healthy workers (503 when empty) |
 //! | `upstream_peer` | before each connect attempt (again after a retryable failure) | takes the next worker of the order, holds an in-flight slot on it, builds the peer with the configured timeouts |
 //! | `fail_to_connect` | a connect attempt failed | counts a failed health check for the worker (passive health), and marks the error retryable while the policy's picks and `retries` allow; the next `upstream_peer` takes the next pick |
 //! | `error_while_proxy` | a failure after the request was sent | pingora's default: never retried for non-idempotent methods |
@@ -258,14 +258,6 @@ impl ProxyHttp for OlProxy {
             let msg = format!("request head is {head} bytes; the limit is {limit}");
             self.answer(session, ctx, 431, &msg, false).await?;
             return Ok(true);
-        }
-        // The code store front: `/registry` from the function cache.
-        if let Some(code) = crate::caches::get().and_then(|c| c.code.as_ref()) {
-            let p = session.req_header().uri.path();
-            if p == "/registry" || p.starts_with("/registry/") {
-                code.serve(session).await?;
-                return Ok(true);
-            }
         }
         // Name inspection. A gRPC call routes as the function bound to its
         // service (grpc.rs), like /run/<function>; `ol.Lambda/Invoke` as the

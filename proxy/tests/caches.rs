@@ -13,7 +13,16 @@ use common::*;
 
 /// An `ol-worker` whose code store is `registry`, re-checked every 100 ms.
 fn start_worker_with(port: u16, registry: &str) -> Proc {
-    common::start_worker_with(port, registry, &["--registry-cache-ms", "100"])
+    common::start_worker_with(
+        port,
+        registry,
+        &[
+            "--registry-cache-ms",
+            "100",
+            "--registry-token",
+            "test-token",
+        ],
+    )
 }
 
 fn write_fn(store: &Path, name: &str, f_py: &str, ol_yaml: &str) {
@@ -23,6 +32,17 @@ fn write_fn(store: &Path, name: &str, f_py: &str, ol_yaml: &str) {
     if !ol_yaml.is_empty() {
         std::fs::write(d.join("ol.yaml"), ol_yaml).unwrap();
     }
+}
+
+/// The code store API is on the admin listener, behind `code_store.token`.
+fn reg(admin: u16, method: &str, path: &str, body: &[u8]) -> common::Resp {
+    http(
+        admin,
+        method,
+        path,
+        &[("authorization", "Bearer test-token")],
+        body,
+    )
 }
 
 const CACHED: &str = "cache: {ttl_ms: 60000, methods: [GET, POST]}\n";
@@ -85,11 +105,11 @@ fn setup(n: usize, extra: &str) -> Env {
     let wp: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let ports = Ports::new();
     let extra = format!(
-        "[health]\ninterval_ms = 100\nrise = 1\nfall = 1\n\n[code_store]\nbacking = \"{}\"\nttl_ms = 200\n\n[result_cache]\nmax_entry_bytes = 100000\nsettle_ms = 300\n\n{extra}",
+        "[health]\ninterval_ms = 100\nrise = 1\nfall = 1\n\n[code_store]\ntoken = \"test-token\"\nbacking = \"{}\"\nttl_ms = 200\n\n[result_cache]\nmax_entry_bytes = 100000\nsettle_ms = 300\n\n{extra}",
         store.display()
     );
     let proxy = start_proxy(&config(&ports, &wp, &extra), &ports);
-    let registry = format!("http://127.0.0.1:{}/registry", ports.listen);
+    let registry = format!("http://127.0.0.1:{}/registry", ports.admin);
     let workers = wp
         .iter()
         .map(|p| start_worker_with(*p, &registry))
@@ -141,26 +161,27 @@ fn metric(admin: u16, line_start: &str) -> f64 {
 fn code_store_front_serves_workers_and_revalidates() {
     let env = setup(1, "");
     let p = env.ports.listen;
+    let adm = env.ports.admin;
     // A worker runs code it fetched from the proxy.
     let r = http(p, "POST", "/run/hello", &[], b"{}");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "\"hi\"");
     assert!(r.header("x-ol-cache").is_none(), "not a cacheable function");
 
-    let list = http(p, "GET", "/registry/", &[], b"");
+    let list = reg(adm, "GET", "/registry/", b"");
     assert_eq!(list.status, 200);
     let names: Vec<String> = serde_json::from_slice(&list.body).unwrap();
     assert!(names.contains(&"counter".to_string()) && names.contains(&"np_a".to_string()));
-    let cfg = http(p, "GET", "/registry/counter/config", &[], b"");
+    let cfg = reg(adm, "GET", "/registry/counter/config", b"");
     assert_eq!(cfg.status, 200);
     let v: serde_json::Value = serde_json::from_slice(&cfg.body).unwrap();
     assert_eq!(v["cache"]["ttl_ms"], 60000);
-    let pkg = http(p, "GET", "/registry/hello.tar.gz", &[], b"");
+    let pkg = reg(adm, "GET", "/registry/hello.tar.gz", b"");
     assert_eq!(pkg.status, 200);
     assert_eq!(&pkg.body[..2], &[0x1f, 0x8b]);
     let v1 = pkg.header("x-ol-version").unwrap().to_string();
     assert_eq!(
-        http(p, "GET", "/registry/hello", &[], b"").header("x-ol-version"),
+        reg(adm, "GET", "/registry/hello", b"").header("x-ol-version"),
         Some(v1.as_str())
     );
 
@@ -173,7 +194,7 @@ fn code_store_front_serves_workers_and_revalidates() {
         "",
     );
     std::thread::sleep(Duration::from_millis(400));
-    let v2 = http(p, "GET", "/registry/hello.tar.gz", &[], b"")
+    let v2 = reg(adm, "GET", "/registry/hello.tar.gz", b"")
         .header("x-ol-version")
         .unwrap()
         .to_string();
@@ -195,21 +216,18 @@ fn code_store_front_serves_workers_and_revalidates() {
     // A vanished backing copy: 404 after the TTL.
     std::fs::remove_dir_all(env.store.join("hello")).unwrap();
     std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(
-        http(p, "GET", "/registry/hello.tar.gz", &[], b"").status,
-        404
-    );
+    assert_eq!(reg(adm, "GET", "/registry/hello.tar.gz", b"").status, 404);
 
     // Bad uploads leave the store as it was.
     let before = std::fs::read_dir(&env.store).unwrap().count();
-    let r = http(p, "POST", "/registry/counter", &[], b"not a tarball");
+    let r = reg(adm, "POST", "/registry/counter", b"not a tarball");
     assert_eq!(r.status, 400, "{}", r.text());
-    let r = http(p, "POST", "/registry/bad..name", &[], b"x");
+    let r = reg(adm, "POST", "/registry/bad..name", b"x");
     assert_eq!(r.status, 400, "{}", r.text());
     let no_fpy = temp_dir("nofpy");
     std::fs::write(no_fpy.join("f.py"), "x").unwrap();
     std::fs::write(no_fpy.join("ol.yaml"), "cache: {ttl_ms: 0}\n").unwrap();
-    let r = http(p, "POST", "/registry/counter", &[], &targz(&no_fpy));
+    let r = reg(adm, "POST", "/registry/counter", &targz(&no_fpy));
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("cache.ttl_ms"), "{}", r.text());
     let after = std::fs::read_dir(&env.store).unwrap().count();
@@ -218,8 +236,8 @@ fn code_store_front_serves_workers_and_revalidates() {
     let _ = std::fs::remove_dir_all(&no_fpy);
 
     // Deletes go through.
-    assert_eq!(http(p, "DELETE", "/registry/np_d", &[], b"").status, 204);
-    assert_eq!(http(p, "GET", "/registry/np_d", &[], b"").status, 404);
+    assert_eq!(reg(adm, "DELETE", "/registry/np_d", b"").status, 204);
+    assert_eq!(reg(adm, "GET", "/registry/np_d", b"").status, 404);
     assert!(!env.store.join("np_d").exists());
 }
 
@@ -227,6 +245,7 @@ fn code_store_front_serves_workers_and_revalidates() {
 fn result_cache_hits_coalesces_and_invalidates() {
     let env = setup(1, "");
     let p = env.ports.listen;
+    let adm = env.ports.admin;
 
     // Miss, then hits that never reach the worker.
     let first = http(p, "GET", "/run/counter?q=1", &[], b"");
@@ -299,7 +318,7 @@ fn result_cache_hits_coalesces_and_invalidates() {
     let src = temp_dir("v2");
     std::fs::write(src.join("f.py"), "def f(event):\n    return {'v': 2}\n").unwrap();
     std::fs::write(src.join("ol.yaml"), CACHED).unwrap();
-    let up = http(p, "POST", "/registry/counter", &[], &targz(&src));
+    let up = reg(adm, "POST", "/registry/counter", &targz(&src));
     assert_eq!(up.status, 201, "{}", up.text());
     let _ = std::fs::remove_dir_all(&src);
     // Past the workers' registry re-check (100 ms) and settle_ms (300 ms).
@@ -371,21 +390,22 @@ fn http_backing_store_is_fronted() {
     let wp = free_port();
     let ports = Ports::new();
     let extra = format!(
-        "[health]\ninterval_ms = 100\nrise = 1\nfall = 1\n\n[code_store]\nbacking = \"http://127.0.0.1:{bp}/registry\"\nttl_ms = 200\n"
+        "[health]\ninterval_ms = 100\nrise = 1\nfall = 1\n\n[code_store]\ntoken = \"test-token\"\nbacking = \"http://127.0.0.1:{bp}/registry\"\nttl_ms = 200\n"
     );
     let _proxy = start_proxy(&config(&ports, &[wp], &extra), &ports);
-    let registry = format!("http://127.0.0.1:{}/registry", ports.listen);
+    let registry = format!("http://127.0.0.1:{}/registry", ports.admin);
     let _worker = start_worker_with(wp, &registry);
     wait_healthy(ports.admin, "", 1);
     let p = ports.listen;
+    let adm = ports.admin;
 
     let names: Vec<String> =
-        serde_json::from_slice(&http(p, "GET", "/registry/", &[], b"").body).unwrap();
+        serde_json::from_slice(&reg(adm, "GET", "/registry/", b"").body).unwrap();
     assert!(names.contains(&"counter".to_string()), "{names:?}");
-    let pkg = http(p, "GET", "/registry/counter.tar.gz", &[], b"");
+    let pkg = reg(adm, "GET", "/registry/counter.tar.gz", b"");
     assert_eq!(pkg.status, 200);
     assert_eq!(&pkg.body[..2], &[0x1f, 0x8b]);
-    assert_eq!(http(p, "GET", "/registry/nothere", &[], b"").status, 404);
+    assert_eq!(reg(adm, "GET", "/registry/nothere", b"").status, 404);
     let r = http(p, "GET", "/run/counter", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-ol-cache"), Some("miss"));
@@ -395,12 +415,12 @@ fn http_backing_store_is_fronted() {
     );
 
     // Uploads are checked at the proxy, then passed on.
-    assert_eq!(http(p, "POST", "/registry/newfn", &[], b"junk").status, 400);
+    assert_eq!(reg(adm, "POST", "/registry/newfn", b"junk").status, 400);
     assert!(!store.join("newfn.tar.gz").exists());
     let src = temp_dir("newfn");
     std::fs::write(src.join("f.py"), "def f(event):\n    return 'new'\n").unwrap();
     std::fs::write(src.join("ol.yaml"), "").unwrap();
-    let up = http(p, "POST", "/registry/newfn", &[], &targz(&src));
+    let up = reg(adm, "POST", "/registry/newfn", &targz(&src));
     assert_eq!(up.status, 201, "{}", up.text());
     assert!(
         store.join("newfn.tar.gz").exists(),
@@ -408,8 +428,8 @@ fn http_backing_store_is_fronted() {
     );
     let r = http(p, "POST", "/run/newfn", &[], b"{}");
     assert_eq!(r.text(), "\"new\"");
-    assert_eq!(http(p, "DELETE", "/registry/newfn", &[], b"").status, 204);
-    assert_eq!(http(p, "GET", "/registry/newfn", &[], b"").status, 404);
+    assert_eq!(reg(adm, "DELETE", "/registry/newfn", b"").status, 204);
+    assert_eq!(reg(adm, "GET", "/registry/newfn", b"").status, 404);
     let _ = std::fs::remove_dir_all(&src);
     let _ = std::fs::remove_dir_all(&store);
 }
@@ -440,7 +460,7 @@ fn worker_zygotes_on_metrics_and_the_import_index_off() {
     let wp = free_port();
     let ports = Ports::new();
     let extra = format!(
-        "[health]\ninterval_ms = 100\nrise = 1\nfall = 1\nstats_interval_ms = 200\n\n[code_store]\nbacking = \"{}\"\nwarm_ms = 0\n",
+        "[health]\ninterval_ms = 100\nrise = 1\nfall = 1\nstats_interval_ms = 200\n\n[code_store]\ntoken = \"test-token\"\nbacking = \"{}\"\nwarm_ms = 0\n",
         store.display()
     );
     let _proxy = start_proxy(&config(&ports, &[wp], &extra), &ports);
@@ -482,4 +502,86 @@ fn worker_zygotes_on_metrics_and_the_import_index_off() {
     );
     let _ = std::fs::remove_dir_all(&store);
     let _ = std::fs::remove_dir_all(wcfg.parent().unwrap());
+}
+
+#[test]
+fn the_code_store_is_not_public_and_needs_its_token() {
+    let env = setup(1, "");
+    let (p, adm) = (env.ports.listen, env.ports.admin);
+    // The public listener does not serve the code store at all.
+    for (m, path) in [
+        ("GET", "/registry/"),
+        ("GET", "/registry/counter/config"),
+        ("GET", "/registry/hello.tar.gz"),
+        ("DELETE", "/registry/hello"),
+    ] {
+        let r = http(p, m, path, &[], b"");
+        assert_ne!(r.status, 200, "{m} {path} on the public port: {}", r.text());
+        assert_ne!(r.status, 204, "{m} {path} on the public port");
+        assert!(r.header("x-ol-version").is_none());
+    }
+    // On the admin listener, not without the token (nor the admin token's place).
+    let before = snapshot_dir(&env.store);
+    for headers in [&[][..], &[("authorization", "Bearer wrong")][..]] {
+        for (m, path, body) in [
+            ("GET", "/registry/", &b""[..]),
+            ("GET", "/registry/counter/config", b""),
+            ("GET", "/registry/hello.tar.gz", b""),
+            ("POST", "/registry/hello", b"junk"),
+            ("DELETE", "/registry/hello", b""),
+        ] {
+            let r = http(adm, m, path, headers, body);
+            assert_eq!(r.status, 401, "{m} {path}: {}", r.text());
+        }
+    }
+    assert_eq!(snapshot_dir(&env.store), before);
+    assert_eq!(reg(adm, "GET", "/registry/hello.tar.gz", b"").status, 200);
+    // An upload whose requirements would fail every call is refused now.
+    let src = temp_dir("unpinned");
+    std::fs::write(src.join("f.py"), "def f(e):\n    return 1\n").unwrap();
+    std::fs::write(src.join("requirements.txt"), "requests>=2\n").unwrap();
+    let r = reg(adm, "POST", "/registry/unpinned", &targz(&src));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("is not pinned"), "{}", r.text());
+    assert_eq!(snapshot_dir(&env.store), before);
+    // A proxy with a code store and no token does not start.
+    let t = temp_dir("notoken");
+    let cfg = t.join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[workers]\nstatic = [\"127.0.0.1:1\"]\n[code_store]\nbacking = \"{}\"\n",
+            free_port(),
+            free_port(),
+            env.store.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ol-proxy"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("code_store.token"), "{err}");
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot_dir(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
 }

@@ -139,6 +139,8 @@ def _child(req, fds, zygote_pid, rt, libc):
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if req.get("nproc"):
         resource.setrlimit(resource.RLIMIT_NPROC, (req["nproc"], req["nproc"]))
+    if req.get("nofile"):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (req["nofile"], req["nofile"]))
     if req.get("as_bytes"):
         resource.setrlimit(resource.RLIMIT_AS, (req["as_bytes"], req["as_bytes"]))
     os.umask(0o077)

@@ -67,6 +67,7 @@ impl From<RegistryError> for CallError {
             RegistryError::Invalid(_) => 400,
             RegistryError::Broken(..) => 500,
             RegistryError::Store(_) => 502,
+            RegistryError::Busy(_) => 503,
             RegistryError::Unsupported(_) => 501,
         };
         CallError::new(status, e.to_string())
@@ -212,7 +213,18 @@ impl HandlerSet {
             });
         }
         let handler = self.get(name);
-        let limits = Limits::for_function(&self.limits, &code.config.limits);
+        let limits = Limits::for_function(&self.limits, &code.config.limits)
+            .map_err(|e| CallError::new(500, format!("function {name}: {e}")))?;
+        if limits.memory_mb > self.instances.memory_budget_mb {
+            // It would evict every other instance and still not fit.
+            return Err(CallError::new(
+                500,
+                format!(
+                    "function {name}: limits.memory_mb: {} is above this worker's memory budget of {} (instances.memory_budget_mb)",
+                    limits.memory_mb, self.instances.memory_budget_mb
+                ),
+            ));
+        }
 
         // RunStart: queue for a slot, then an instance.
         let queued = Instant::now();

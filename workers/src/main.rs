@@ -35,6 +35,10 @@ struct Cli {
     /// Where unpacked code, scratch dirs and sockets live.
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// The code store's bearer token (registry_token; visible in `ps`:
+    /// prefer the config file or OL_REGISTRY_TOKEN).
+    #[arg(long)]
+    registry_token: Option<String>,
     /// How long fetched code is trusted before re-checking the store (ms).
     #[arg(long)]
     registry_cache_ms: Option<u64>,
@@ -89,6 +93,12 @@ fn load(cli: &Cli) -> Result<WorkerConfig, String> {
     if let Some(v) = &cli.work_dir {
         cfg.work_dir = Some(v.clone());
     }
+    if let Ok(v) = std::env::var("OL_REGISTRY_TOKEN") {
+        cfg.registry_token = v;
+    }
+    if let Some(v) = &cli.registry_token {
+        cfg.registry_token = v.clone();
+    }
     if let Some(v) = cli.registry_cache_ms {
         cfg.registry_cache_ms = v;
     }
@@ -110,7 +120,12 @@ async fn run(cfg: WorkerConfig, grace: Duration) -> anyhow::Result<()> {
         &work,
         Duration::from_millis(cfg.registry_cache_ms),
         cfg.max_upload_bytes,
+        cfg.limits,
+        cfg.registry_token.clone(),
     )?);
+    if cfg.registry_token.is_empty() {
+        tracing::warn!("registry_token is not set: anyone who reaches this port may upload and delete functions");
+    }
     let manager: Arc<dyn SandboxManager> = match cfg.sandbox {
         SandboxKind::Process => Arc::new(ProcessManager::new(&cfg, registry.clone())?),
         SandboxKind::Docker => Arc::new(DockerManager::new(&cfg, registry.clone()).await?),

@@ -9,11 +9,21 @@
 //! unpacked by `codestore::archive::unpack`, so every source gets the same
 //! checks (the proxy's code store front uses the same crate).
 //! Versions are content hashes: new code means a new directory under
-//! `<work>/code/<name>/<version>`, and old instances drain on the old one.
+//! `<work>/code/<name>/<version>`, and old instances drain on the old one;
+//! that directory is removed when the last holder of the old version (an
+//! instance, a call) lets it go. A version directory that vanished (a temp
+//! cleaner, an operator) is unpacked again on the next call.
+//!
+//! Uploads are checked whole before anything is stored (the archive with
+//! `codestore::archive`, `ol.yaml` and `requirements.txt` with
+//! `codestore::check_metadata`, the protos of a gRPC binding), and at most
+//! [`MAX_CONCURRENT_UPLOADS`] are checked at once: each holds its body in
+//! memory, so more are refused with 503 instead of queued.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +39,50 @@ pub struct CodeVersion {
     pub version: String,
     pub dir: PathBuf,
     pub config: FunctionConfig,
+    /// Set once a newer version or a delete replaced this one: the last
+    /// holder then removes `dir`.
+    retired: AtomicBool,
+    /// The registry's live versions, also the lock over their directories.
+    dirs: Arc<LiveVersions>,
 }
+
+/// Every live version by directory, so that a directory has one
+/// `CodeVersion`; held while a version directory is unpacked or removed.
+type LiveVersions = Mutex<HashMap<PathBuf, std::sync::Weak<CodeVersion>>>;
+
+impl Drop for CodeVersion {
+    fn drop(&mut self) {
+        if !self.retired.load(Ordering::Acquire) {
+            return;
+        }
+        let (dirs, dir) = (self.dirs.clone(), self.dir.clone());
+        let (name, version) = (self.name.clone(), self.version.clone());
+        let remove = move || {
+            let mut live = dirs.lock().unwrap_or_else(|e| e.into_inner());
+            // The same version loaded again meanwhile keeps its directory.
+            if live.get(&dir).is_some_and(|w| w.strong_count() > 0) {
+                return;
+            }
+            live.remove(&dir);
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::info!(function = %name, %version, "old code removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(function = %name, %version, "cannot remove old code: {e}"),
+            }
+            if let Some(parent) = dir.parent() {
+                let _ = fs::remove_dir(parent); // only if no other version is left
+            }
+        };
+        // A large tree takes a while: not on a runtime thread.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
+    }
+}
+
+/// Uploads checked at once; more get 503 (each holds its body in memory).
+pub const MAX_CONCURRENT_UPLOADS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -44,6 +97,9 @@ pub enum RegistryError {
     /// The store itself failed (I/O, remote store down): 502.
     #[error("code store: {0}")]
     Store(String),
+    /// Too many uploads at once: 503, try again.
+    #[error("{0}")]
+    Busy(String),
     /// The operation does not apply to this kind of store.
     #[error("{0}")]
     Unsupported(String),
@@ -65,7 +121,13 @@ pub struct Registry {
     tmp_root: PathBuf,
     recheck: Duration,
     max_upload: usize,
+    /// The worker's limits and their ceilings, checked at upload.
+    limits: config::worker::LimitsConfig,
+    /// `registry_token`: sent to an HTTP store; required by this worker's own endpoints.
+    token: String,
     cache: Mutex<HashMap<String, Cached>>,
+    dirs: Arc<LiveVersions>,
+    uploads: tokio::sync::Semaphore,
     /// Bumped by every upload and delete through this worker (the gRPC
     /// service index rebuilds when it moved).
     changes: std::sync::atomic::AtomicU64,
@@ -79,6 +141,8 @@ impl Registry {
         work_dir: &Path,
         recheck: Duration,
         max_upload: usize,
+        limits: config::worker::LimitsConfig,
+        token: String,
     ) -> anyhow::Result<Self> {
         let store = if location.starts_with("http://") || location.starts_with("https://") {
             Store::Http(location.trim_end_matches('/').to_string())
@@ -100,9 +164,40 @@ impl Registry {
             tmp_root,
             recheck,
             max_upload,
+            limits,
+            token,
             cache: Mutex::new(HashMap::new()),
+            dirs: Default::default(),
+            uploads: tokio::sync::Semaphore::new(MAX_CONCURRENT_UPLOADS),
             changes: Default::default(),
         })
+    }
+
+    /// Whether a request's `Authorization` carries this worker's token;
+    /// always false when none is configured.
+    pub fn token_given(&self, authorization: Option<&[u8]>) -> bool {
+        let given = authorization.and_then(|v| v.strip_prefix(b"Bearer "));
+        !self.token.is_empty()
+            && given.is_some_and(|g| {
+                g.len() == self.token.len()
+                    && g.iter()
+                        .zip(self.token.as_bytes())
+                        .fold(0u8, |a, (x, y)| a | (x ^ y))
+                        == 0
+            })
+    }
+
+    /// Whether this worker's own `/registry` endpoints need the token.
+    pub fn token_required(&self) -> bool {
+        !self.token.is_empty()
+    }
+
+    fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        if self.token.is_empty() {
+            req
+        } else {
+            req.header("authorization", format!("Bearer {}", self.token))
+        }
     }
 
     /// How long fetched code is trusted (`registry_cache_ms`).
@@ -124,7 +219,8 @@ impl Registry {
     /// younger than `registry_cache_ms`, else re-checked with the store.
     pub async fn resolve(self: &Arc<Self>, name: &str) -> Result<Arc<CodeVersion>, RegistryError> {
         if let Some(c) = self.cache.lock().unwrap().get(name) {
-            if c.checked.elapsed() < self.recheck {
+            // One stat per call: a vanished directory is unpacked again.
+            if c.checked.elapsed() < self.recheck && c.code.dir.join("f.py").exists() {
                 return Ok(c.code.clone());
             }
         }
@@ -137,44 +233,76 @@ impl Registry {
 
     fn refresh(&self, name: &str) -> Result<Arc<CodeVersion>, RegistryError> {
         let Some(bytes) = self.fetch(name)? else {
-            self.cache.lock().unwrap().remove(name);
+            self.forget(name);
             return Err(RegistryError::NotFound(name.to_string()));
         };
         let version = codestore::version(&bytes);
         {
             let mut cache = self.cache.lock().unwrap();
             if let Some(c) = cache.get_mut(name) {
-                if c.code.version == version {
+                if c.code.version == version && c.code.dir.join("f.py").exists() {
                     c.checked = Instant::now();
                     return Ok(c.code.clone());
                 }
             }
         }
-        let dir = self.code_root.join(name).join(&version);
-        if !dir.join("f.py").exists() {
-            self.unpack_into(&bytes, &dir)
-                .map_err(|e| RegistryError::Broken(name.into(), e.to_string()))?;
-        }
-        let config =
-            read_function_config(&dir).map_err(|e| RegistryError::Broken(name.into(), e))?;
-        // A gRPC binding's protos are compiled at load (and cached for calls).
-        crate::grpc::protos::load(name, &dir, &config)
+        let code = self
+            .load(name, &version, &bytes)
             .map_err(|e| RegistryError::Broken(name.into(), e))?;
-        let code = Arc::new(CodeVersion {
-            name: name.to_string(),
-            version,
-            dir,
-            config,
-        });
-        tracing::info!(function = name, version = %code.version, "code loaded");
-        self.cache.lock().unwrap().insert(
+        let old = self.cache.lock().unwrap().insert(
             name.to_string(),
             Cached {
                 code: code.clone(),
                 checked: Instant::now(),
             },
         );
+        if let Some(old) = old {
+            if old.code.dir != code.dir {
+                old.code.retired.store(true, Ordering::Release);
+            }
+        } // the old version goes when its last instance does
         Ok(code)
+    }
+
+    /// The one `CodeVersion` of `name` at `version`: the live one, or one
+    /// unpacked (again, if its directory vanished) and read from disk.
+    fn load(&self, name: &str, version: &str, bytes: &[u8]) -> Result<Arc<CodeVersion>, String> {
+        let dir = self.code_root.join(name).join(version);
+        let mut live = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(code) = live.get(&dir).and_then(|w| w.upgrade()) {
+            if dir.join("f.py").exists() {
+                code.retired.store(false, Ordering::Release);
+                return Ok(code);
+            }
+        }
+        if !dir.join("f.py").exists() {
+            let _ = fs::remove_dir_all(&dir); // a part of it, if anything
+            self.unpack_into(bytes, &dir).map_err(|e| e.to_string())?;
+        }
+        let config = read_function_config(&dir)?;
+        // A gRPC binding's protos are compiled at load (and cached for calls).
+        crate::grpc::protos::load(name, &dir, &config)?;
+        let code = Arc::new(CodeVersion {
+            name: name.to_string(),
+            version: version.to_string(),
+            dir: dir.clone(),
+            config,
+            retired: AtomicBool::new(false),
+            dirs: self.dirs.clone(),
+        });
+        live.retain(|_, w| w.strong_count() > 0);
+        live.insert(dir, Arc::downgrade(&code));
+        drop(live);
+        tracing::info!(function = name, version = %code.version, "code loaded");
+        Ok(code)
+    }
+
+    /// Drops `name` from the cache; its version goes with its last instance.
+    fn forget(&self, name: &str) {
+        let old = self.cache.lock().unwrap().remove(name);
+        if let Some(old) = old {
+            old.code.retired.store(true, Ordering::Release);
+        }
     }
 
     /// Unpacks into a temporary directory and renames it into place, so a
@@ -215,7 +343,7 @@ impl Registry {
             }
             Store::Http(base) => {
                 let url = format!("{base}/{name}.tar.gz");
-                match ureq::get(&url).call() {
+                match self.authorized(ureq::get(&url)).call() {
                     Ok(mut resp) => resp
                         .body_mut()
                         .with_config()
@@ -250,7 +378,8 @@ impl Registry {
             }
             Store::Http(base) => {
                 let url = format!("{base}/");
-                let text = ureq::get(&url)
+                let text = self
+                    .authorized(ureq::get(&url))
                     .call()
                     .and_then(|mut r| r.body_mut().read_to_string())
                     .map_err(|e| RegistryError::Store(format!("GET {url}: {e}")))?;
@@ -272,32 +401,54 @@ impl Registry {
                 self.max_upload
             )));
         }
+        let permit = self.uploads.try_acquire().map_err(|_| {
+            RegistryError::Busy(format!(
+                "{MAX_CONCURRENT_UPLOADS} uploads are being checked already; try again"
+            ))
+        })?;
         let this = self.clone();
         let name = name.to_string();
-        blocking(move || {
-            let check = this.tmp_dir("upload");
-            let res = archive::unpack(&bytes, &check, this.max_unpacked())
-                .map_err(|e| e.to_string())
-                .and_then(|()| read_function_config(&check))
-                .and_then(|cfg| crate::grpc::protos::check(&check, &cfg));
-            let _ = fs::remove_dir_all(&check);
-            res.map_err(RegistryError::Invalid)?;
+        let res = blocking(move || {
+            this.check_upload(&bytes).map_err(RegistryError::Invalid)?;
             match &this.store {
                 Store::Dir(root) => codestore::dir::install(root, &name, &bytes)
                     .map_err(|e| RegistryError::Store(e.to_string()))?,
                 Store::Http(base) => {
                     let url = format!("{base}/{name}");
-                    ureq::post(&url)
+                    this.authorized(ureq::post(&url))
                         .send(&bytes[..])
                         .map_err(|e| RegistryError::Store(format!("POST {url}: {e}")))?;
                 }
             }
-            this.cache.lock().unwrap().remove(&name);
+            this.forget(&name);
             this.changed();
             tracing::info!(function = %name, bytes = bytes.len(), "code uploaded");
             Ok(())
         })
-        .await
+        .await;
+        drop(permit);
+        res
+    }
+
+    /// Every check of an upload, before anything is stored: the archive,
+    /// `ol.yaml` and `requirements.txt` (the same checks as the proxy's
+    /// code store front), and the protos of a gRPC binding.
+    fn check_upload(&self, bytes: &[u8]) -> Result<(), String> {
+        let files = archive::inspect(bytes, self.max_unpacked(), &codestore::METADATA_FILES)
+            .map_err(|e| e.to_string())?;
+        let cfg = codestore::check_metadata(&files)?;
+        self.limits
+            .for_function(&cfg.limits)
+            .map_err(|e| format!("ol.yaml: {e}"))?;
+        if cfg.grpc.is_some() {
+            let check = self.tmp_dir("upload");
+            let res = archive::unpack(bytes, &check, self.max_unpacked())
+                .map_err(|e| e.to_string())
+                .and_then(|()| crate::grpc::protos::check(&check, &cfg));
+            let _ = fs::remove_dir_all(&check);
+            res?;
+        }
+        Ok(())
     }
 
     /// Removes `name` (both the tarball and the directory form).
@@ -315,7 +466,7 @@ impl Registry {
                 }
                 Store::Http(base) => {
                     let url = format!("{base}/{name}");
-                    match ureq::delete(&url).call() {
+                    match this.authorized(ureq::delete(&url)).call() {
                         Ok(_) => {}
                         Err(ureq::Error::StatusCode(404)) => {
                             return Err(RegistryError::NotFound(name))
@@ -324,7 +475,7 @@ impl Registry {
                     }
                 }
             }
-            this.cache.lock().unwrap().remove(&name);
+            this.forget(&name);
             this.changed();
             Ok(())
         })

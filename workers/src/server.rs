@@ -191,6 +191,20 @@ async fn run(app: &App, rest: &str, req: Request<Incoming>) -> Resp {
 
 async fn registry(app: &App, rest: &str, req: Request<Incoming>) -> Resp {
     let rest = rest.trim_start_matches('/');
+    let authorized = app.registry.token_given(
+        req.headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+    );
+    if app.registry.token_required() && !authorized {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "the registry needs Authorization: Bearer <registry_token>",
+        );
+        r.headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        return r;
+    }
     if rest.is_empty() {
         if req.method() != Method::GET {
             return text(
@@ -225,7 +239,16 @@ async fn registry(app: &App, rest: &str, req: Request<Incoming>) -> Resp {
             Err(e) => error_response(e.into()),
         },
         (Method::GET, "config") => match app.handlers.manager().pull(name).await {
-            Ok(code) => json(StatusCode::OK, serde_json::to_string(&code.config).unwrap()),
+            Ok(code) => {
+                let mut config = code.config.clone();
+                // Secrets go only to a caller with the token.
+                if !authorized {
+                    for v in config.environment.values_mut() {
+                        *v = "<redacted>".into();
+                    }
+                }
+                json(StatusCode::OK, serde_json::to_string(&config).unwrap())
+            }
             Err(e) => error_response(e.into()),
         },
         (Method::POST | Method::PUT, "") => {

@@ -116,6 +116,58 @@ fn describe(dir: &Path, opened: &str, e: &protox::Error) -> String {
     format!("grpc.protos: {file}{}: {msg}", pos.unwrap_or_default())
 }
 
+/// The largest `.proto` file a function may have.
+pub const MAX_PROTO_BYTES: u64 = 1 << 20;
+/// The deepest nesting of `{`, `[`, `(` and `<` a `.proto` may have: the
+/// compiler recurses once per level, and a few thousand levels overflow
+/// the worker's stack.
+pub const MAX_PROTO_NESTING: usize = 32;
+
+/// Refuses a proto nested deeper than [`MAX_PROTO_NESTING`], counting
+/// brackets outside comments and string literals.
+fn check_nesting(text: &str) -> Result<(), String> {
+    let b = text.as_bytes();
+    let (mut i, mut depth, mut line) = (0, 0usize, 1usize);
+    while i < b.len() {
+        match b[i] {
+            b'\n' => line += 1,
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
+                    line += usize::from(b[i] == b'\n');
+                    i += 1;
+                }
+                i += 2;
+                continue;
+            }
+            q @ (b'"' | b'\'') => {
+                i += 1;
+                while i < b.len() && b[i] != q && b[i] != b'\n' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' | b'(' | b'<' => {
+                depth += 1;
+                if depth > MAX_PROTO_NESTING {
+                    return Err(format!(
+                        "line {line}: nested more than {MAX_PROTO_NESTING} levels deep"
+                    ));
+                }
+            }
+            b'}' | b']' | b')' | b'>' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 /// Resolves imports inside the function directory only (and Google's
 /// well-known types).
 struct InDir(PathBuf);
@@ -142,7 +194,17 @@ impl FileResolver for InDir {
             Ok(m) if m.file_type().is_symlink() => Err(protox::Error::new(format!(
                 "{name} is a symbolic link; protos must be plain files"
             ))),
-            Ok(_) => File::open(name, &path),
+            Ok(m) if m.len() > MAX_PROTO_BYTES => Err(protox::Error::new(format!(
+                "{name} is {} bytes; a proto may have at most {MAX_PROTO_BYTES}",
+                m.len()
+            ))),
+            Ok(_) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| protox::Error::new(format!("{name}: {e}")))?;
+                // The compiler recurses per nesting level: bound it first.
+                check_nesting(&text).map_err(|e| protox::Error::new(format!("{name}: {e}")))?;
+                File::from_source(name, &text)
+            }
             Err(_) => Err(protox::Error::file_not_found(name)),
         }
     }
@@ -197,5 +259,30 @@ mod tests {
 
         let e = compile(dir.path(), &binding("a.B", &["missing.proto"])).unwrap_err();
         assert!(e.contains("missing.proto"), "{e}");
+    }
+
+    #[test]
+    fn refuses_deep_nesting_before_compiling() {
+        let dir = tempfile::tempdir().unwrap();
+        // 3,000 nested messages overflowed the worker's stack in the compiler.
+        let n = 3000;
+        let mut text = String::from("syntax = \"proto3\";\npackage a;\n");
+        for i in 0..n {
+            text.push_str(&format!("message M{i} {{\n"));
+        }
+        text.push_str(&"}\n".repeat(n));
+        std::fs::write(dir.path().join("deep.proto"), &text).unwrap();
+        let e = compile(dir.path(), &binding("a.S", &["deep.proto"])).unwrap_err();
+        assert!(e.contains("nested more than 32 levels"), "{e}");
+        // Brackets in comments and strings do not count; 32 levels are fine.
+        assert!(check_nesting("// {{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{\n/* [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[ */ option x = \"((((((((((((((((((((((((((((((((((((\";").is_ok());
+        assert!(check_nesting(&("{".repeat(32) + &"}".repeat(32))).is_ok());
+        std::fs::write(
+            dir.path().join("big.proto"),
+            vec![b' '; (MAX_PROTO_BYTES + 1) as usize],
+        )
+        .unwrap();
+        let e = compile(dir.path(), &binding("a.S", &["big.proto"])).unwrap_err();
+        assert!(e.contains("at most"), "{e}");
     }
 }

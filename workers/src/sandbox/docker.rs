@@ -48,7 +48,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountTypeEnum,
-    NetworkCreateRequest,
+    NetworkCreateRequest, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions,
@@ -265,7 +265,8 @@ impl Inner {
             egress: OnceCell::new(),
             pool: Mutex::new(Vec::new()),
             pool_size: cfg.docker.pool_size,
-            pool_limits: Limits::for_function(&cfg.limits, &Default::default()),
+            pool_limits: Limits::for_function(&cfg.limits, &Default::default())
+                .expect("the worker's defaults are within its ceilings (validated)"),
             filling: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
         };
@@ -545,6 +546,11 @@ impl Inner {
                 memory_swap: Some(mem),
                 pids_limit: Some(limits.procs as i64),
                 nano_cpus: Some(limits.cpu_percent as i64 * 10_000_000),
+                ulimits: Some(vec![ResourcesUlimits {
+                    name: Some("nofile".into()),
+                    soft: Some(limits.open_files as i64),
+                    hard: Some(limits.open_files as i64),
+                }]),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 privileged: Some(false),

@@ -84,20 +84,25 @@ pub struct Limits {
     pub procs: u64,
     pub runtime: Duration,
     pub cpu_percent: u64,
+    /// RLIMIT_NOFILE.
+    pub open_files: u64,
 }
 
 impl Limits {
-    /// The worker's defaults overridden by what the function asks for.
+    /// The worker's defaults with what the function asks for, within the
+    /// worker's ceilings (`[limits.max]`); the error names the field.
     pub fn for_function(
-        defaults: &config::worker::LimitsConfig,
+        worker: &config::worker::LimitsConfig,
         f: &config::function::FunctionLimits,
-    ) -> Limits {
-        Limits {
-            memory_mb: f.memory_mb.unwrap_or(defaults.memory_mb),
-            procs: f.procs.unwrap_or(defaults.procs),
-            runtime: Duration::from_millis(f.runtime_ms.unwrap_or(defaults.runtime_ms)),
-            cpu_percent: f.cpu_percent.unwrap_or(defaults.cpu_percent),
-        }
+    ) -> Result<Limits, String> {
+        let l = worker.for_function(f)?;
+        Ok(Limits {
+            memory_mb: l.memory_mb,
+            procs: l.procs,
+            runtime: Duration::from_millis(l.runtime_ms),
+            cpu_percent: l.cpu_percent,
+            open_files: l.open_files,
+        })
     }
 }
 

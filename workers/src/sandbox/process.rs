@@ -49,6 +49,11 @@ pub const ZYGOTE_PY: &str = include_str!("../../runtime/ol_zygote.py");
 
 /// How long a runtime may take to import its function.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// A zygote's own RLIMIT_NPROC and RLIMIT_NOFILE: hard limits its forked
+/// children (no longer privileged) can lower but never raise, so an
+/// instance asking for more starts as a fresh process instead.
+const ZYGOTE_PROCS: u64 = 256;
+const ZYGOTE_OPEN_FILES: u64 = 4096;
 /// How long a zygote may take to import its package set.
 const ZYGOTE_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// A root zygote that failed to start is not tried again sooner.
@@ -200,9 +205,10 @@ impl Inner {
             let id = format!("zygote-{n}");
             let limits = Limits {
                 memory_mb: self.zcfg.memory_mb,
-                procs: 256,
+                procs: ZYGOTE_PROCS,
                 runtime: Duration::from_secs(u64::MAX / 4),
                 cpu_percent: 100,
+                open_files: ZYGOTE_OPEN_FILES,
             };
             let mut sb = self
                 .new_sandbox(
@@ -570,6 +576,7 @@ impl ProcessSandbox {
         let has_memory_cgroup = self.cgroup.is_some();
         let mem_bytes = self.limits.memory_mb * 1024 * 1024;
         let nproc = self.limits.procs;
+        let nofile = self.limits.open_files;
         let private_network = self.private_network;
         // SAFETY: between fork and exec only async-signal-safe calls are
         // made, on data prepared before the fork.
@@ -601,6 +608,7 @@ impl ProcessSandbox {
                     libc::setrlimit(res, &r)
                 };
                 check(limit(libc::RLIMIT_CORE, 0))?;
+                check(limit(libc::RLIMIT_NOFILE, nofile))?;
                 if !has_memory_cgroup {
                     check(limit(libc::RLIMIT_AS, mem_bytes.max(64 << 20)))?;
                 }
@@ -676,6 +684,9 @@ impl ProcessSandbox {
     /// Forks the runtime from `z` (see `super::zygote`). `None`: the
     /// zygote could not fork, and the caller starts a fresh process.
     async fn start_forked(&mut self, z: Arc<Zygote>) -> Option<Result<(), SandboxError>> {
+        if self.limits.procs > ZYGOTE_PROCS || self.limits.open_files > ZYGOTE_OPEN_FILES {
+            return None;
+        }
         let setup = |e: std::io::Error| SandboxError::Setup(format!("fork of {}: {e}", self.id));
         let log: OwnedFd = match fs::File::create(&self.log) {
             Ok(f) => f.into(),
@@ -707,6 +718,7 @@ impl ProcessSandbox {
             userns: self.uid.is_some(),
             netns: self.private_network,
             nproc: self.uid().map(|_| self.limits.procs),
+            nofile: self.limits.open_files,
             as_bytes: self
                 .cgroup
                 .is_none()

@@ -74,6 +74,8 @@ pub struct ForkRequest {
     pub userns: bool,
     pub netns: bool,
     pub nproc: Option<u64>,
+    /// RLIMIT_NOFILE (lowered from the zygote's, never raised).
+    pub nofile: u64,
     pub as_bytes: Option<u64>,
 }
 
