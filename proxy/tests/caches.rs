@@ -142,7 +142,7 @@ fn targz(dir: &Path) -> Vec<u8> {
         .arg("-")
         .arg("-C")
         .arg(dir)
-        .args(["f.py", "ol.yaml"])
+        .arg(".")
         .output()
         .expect("tar");
     assert!(out.status.success());
