@@ -123,9 +123,6 @@ async fn run(cfg: WorkerConfig, grace: Duration) -> anyhow::Result<()> {
         cfg.limits,
         cfg.registry_token.clone(),
     )?);
-    if cfg.registry_token.is_empty() {
-        tracing::warn!("registry_token is not set: anyone who reaches this port may upload and delete functions");
-    }
     let manager: Arc<dyn SandboxManager> = match cfg.sandbox {
         SandboxKind::Process => Arc::new(ProcessManager::new(&cfg, registry.clone())?),
         SandboxKind::Docker => Arc::new(DockerManager::new(&cfg, registry.clone()).await?),
@@ -140,6 +137,9 @@ async fn run(cfg: WorkerConfig, grace: Duration) -> anyhow::Result<()> {
         "ol-worker ready; {}",
         manager.describe()
     );
+    if cfg.registry_token.is_empty() {
+        tracing::warn!("registry_token is not set: anyone who reaches this port may upload and delete functions");
+    }
     let handlers = HandlerSet::new(manager.clone(), cfg.instances.clone(), cfg.limits);
     let reaper = {
         let handlers = handlers.clone();
