@@ -233,6 +233,17 @@ fn check(
                 }
             }
         }
+        // The files the upload checks read must be what the worker reads.
+        if matches!(node, Node::Link(_))
+            && rel
+                .to_str()
+                .is_some_and(|n| crate::METADATA_FILES.contains(&n) || n == "f.py")
+        {
+            return Err(ArchiveError::BadType(
+                shown,
+                "symlink in place of a metadata file",
+            ));
+        }
         let is_file = node == Node::File;
         match tree.get(&rel) {
             None => {
@@ -242,7 +253,8 @@ fn check(
             Some(_) => return Err(ArchiveError::Duplicate(shown)),
         }
         if is_file {
-            total = total.saturating_add(entry.header().size().unwrap_or(u64::MAX));
+            // entry.size() is the size the reader honours (PAX included).
+            total = total.saturating_add(entry.size());
             if total > max_unpacked {
                 return Err(ArchiveError::TooLarge(max_unpacked));
             }
@@ -652,6 +664,14 @@ mod tests {
                     file(b, "f.py", b"y");
                 }),
                 "clashes",
+            ),
+            (
+                tar_gz(|b| {
+                    file(b, "f.py", b"x");
+                    file(b, "real.yaml", b"limits: {memory_mb: 999999}\n");
+                    link(b, "ol.yaml", "real.yaml");
+                }),
+                "metadata file",
             ),
             (
                 tar_gz(|b| {

@@ -148,8 +148,17 @@ fn check_nesting(text: &str) -> Result<(), String> {
             }
             q @ (b'"' | b'\'') => {
                 i += 1;
+                // A string ends at its line's end, escaped or not (as the
+                // compiler's lexer ends it), so a `\` cannot hide a line.
                 while i < b.len() && b[i] != q && b[i] != b'\n' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
+                    i += if b[i] == b'\\' && b.get(i + 1) != Some(&b'\n') {
+                        2
+                    } else {
+                        1
+                    };
+                }
+                if b.get(i) == Some(&b'\n') {
+                    continue; // counted as a line by the next round
                 }
             }
             b'{' | b'[' | b'(' | b'<' => {
@@ -277,6 +286,9 @@ mod tests {
         // Brackets in comments and strings do not count; 32 levels are fine.
         assert!(check_nesting("// {{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{\n/* [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[ */ option x = \"((((((((((((((((((((((((((((((((((((\";").is_ok());
         assert!(check_nesting(&("{".repeat(32) + &"}".repeat(32))).is_ok());
+        // An unterminated string ending in `\` does not hide the next line.
+        let hidden = format!("\"\\\n{}{}", "message a{".repeat(40), "}".repeat(40));
+        assert!(check_nesting(&hidden).is_err());
         std::fs::write(
             dir.path().join("big.proto"),
             vec![b' '; (MAX_PROTO_BYTES + 1) as usize],
