@@ -219,12 +219,19 @@ pub fn check_yaml_shape(text: &str) -> Result<(), String> {
         }
         let mut quote: Option<char> = None;
         let mut prev = ' ';
+        let mut escaped = false;
         for c in body.chars() {
             match (quote, c) {
-                (Some('"'), '"') if prev != '\\' => quote = None,
+                (Some('"'), '\\') if !escaped => {
+                    escaped = true;
+                    prev = c;
+                    continue;
+                }
+                (Some('"'), '"') if !escaped => quote = None,
                 (Some('\''), '\'') => quote = None,
                 (Some(_), _) => {}
-                (None, '"' | '\'') => quote = Some(c),
+                // A quote opens a scalar only where a scalar starts (`it's` does not).
+                (None, '"' | '\'') if " \t[{,:-?".contains(prev) => quote = Some(c),
                 (None, '#') if prev == ' ' || prev == '\t' => break,
                 (None, '[' | '{') => {
                     flow += 1;
@@ -235,6 +242,7 @@ pub fn check_yaml_shape(text: &str) -> Result<(), String> {
                 (None, ']' | '}') => flow = flow.saturating_sub(1),
                 _ => {}
             }
+            escaped = false;
             prev = c;
         }
         if depth + flow > MAX_YAML_DEPTH {
@@ -416,6 +424,18 @@ mod tests {
         ] {
             let e = FunctionConfig::from_yaml(&deep).unwrap_err();
             assert!(e.contains("nested more than 16 levels"), "{e}");
+        }
+        // Quotes that do not open a scalar, or are escaped, hide nothing.
+        for hidden in [
+            format!("methods: [it's, {}x{}]", "[".repeat(20), "]".repeat(20)),
+            format!(
+                "environment: {{A: \"\\\\\", B: {}x{}}}",
+                "[".repeat(20),
+                "]".repeat(20)
+            ),
+        ] {
+            let e = FunctionConfig::from_yaml(&hidden).unwrap_err();
+            assert!(e.contains("nested more than 16 levels"), "{hidden}: {e}");
         }
         let e = FunctionConfig::from_yaml(&format!("# {}\n", "x".repeat(70_000))).unwrap_err();
         assert!(e.contains("the limit is 65536"), "{e}");
