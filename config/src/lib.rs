@@ -22,6 +22,20 @@ pub use experiment::{ArmConfig, Assign, ExperimentConfig};
 pub use function::FunctionConfig;
 pub use locate::toml_key_line;
 pub use name::{validate_function_name, MAX_NAME_LEN};
+
+/// Whether an `Authorization` header value is `Bearer <token>`, compared
+/// without an early exit on the bytes (timing does not leak the token).
+/// Never true for an empty token. The proxy's admin and code store and the
+/// worker's registry all check their tokens with it.
+pub fn bearer_matches(authorization: Option<&[u8]>, token: &str) -> bool {
+    let Some(given) = authorization.and_then(|v| v.strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    let t = token.as_bytes();
+    !t.is_empty()
+        && given.len() == t.len()
+        && given.iter().zip(t).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 pub use policy::{KeySource, LocalityKey, PolicyConfig, PolicyKind, RouteConfig, RoutingConfig};
 pub use proxy::ProxyConfig;
 pub use worker::WorkerConfig;

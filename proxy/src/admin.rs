@@ -171,13 +171,11 @@ impl ServeHttp for Admin {
         }
         let token = self.state.snap.load().config.admin.token.clone();
         if !token.is_empty() {
-            let given = session
+            let auth = session
                 .req_header()
                 .headers
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes())
-                .and_then(|v| v.strip_prefix(b"Bearer "));
-            if !given.is_some_and(|g| crate::codestore::same_secret(g, token.as_bytes())) {
+                .get(http::header::AUTHORIZATION);
+            if !config::bearer_matches(auth.map(|v| v.as_bytes()), &token) {
                 let mut r = text(
                     StatusCode::UNAUTHORIZED,
                     "text/plain",

@@ -244,13 +244,11 @@ impl CodeStore {
     /// Serves the code store API on `/registry...` from the cache, on the
     /// admin listener, to callers with `code_store.token` only.
     pub async fn serve(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let given = session
+        let auth = session
             .req_header()
             .headers
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes())
-            .and_then(|v| v.strip_prefix(b"Bearer "));
-        if !given.is_some_and(|g| same_secret(g, self.token.as_bytes())) {
+            .get(http::header::AUTHORIZATION);
+        if !config::bearer_matches(auth.map(|v| v.as_bytes()), &self.token) {
             let mut r = reply(
                 401,
                 "text/plain",
@@ -497,11 +495,6 @@ fn reply(status: u16, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
         r = r.header("content-length", body.len());
     }
     r.body(body).expect("static parts")
-}
-
-/// Compares without an early exit, so timing does not leak the token.
-pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn read_dir_package(root: &Path, name: &str) -> Result<Option<Bytes>, StoreError> {

@@ -176,15 +176,7 @@ impl Registry {
     /// Whether a request's `Authorization` carries this worker's token;
     /// always false when none is configured.
     pub fn token_given(&self, authorization: Option<&[u8]>) -> bool {
-        let given = authorization.and_then(|v| v.strip_prefix(b"Bearer "));
-        !self.token.is_empty()
-            && given.is_some_and(|g| {
-                g.len() == self.token.len()
-                    && g.iter()
-                        .zip(self.token.as_bytes())
-                        .fold(0u8, |a, (x, y)| a | (x ^ y))
-                        == 0
-            })
+        config::bearer_matches(authorization, &self.token)
     }
 
     /// Whether this worker's own `/registry` endpoints need the token.
