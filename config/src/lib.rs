@@ -11,6 +11,7 @@ mod locate;
 mod name;
 pub mod policy;
 pub mod proxy;
+pub mod wire;
 pub mod worker;
 
 use std::path::Path;

@@ -20,7 +20,8 @@ use tracing::Instrument;
 use crate::registry::{CodeVersion, RegistryError};
 use crate::sandbox::rpc::{CallHead, ReplyHead, RuntimeConn};
 use crate::sandbox::{Limits, Sandbox, SandboxError, SandboxManager, SandboxState};
-use crate::stats::{Start, Stats, Timing};
+use crate::stats::Stats;
+use config::wire::{Start, Timing};
 
 /// A call as the worker received it.
 pub struct Call<'a> {

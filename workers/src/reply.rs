@@ -20,7 +20,7 @@ use crate::handler::{CallError, Reply};
 
 /// The runtime's mark on an error reply whose body is one line, then a
 /// traceback (see `ol_runtime.py`).
-pub const TRACEBACK_MARK: &str = "x-ol-traceback";
+pub use config::wire::X_OL_TRACEBACK as TRACEBACK_MARK;
 
 /// Headers the worker sets or frames itself, never taken from a function.
 const HOP_BY_HOP: [&str; 7] = [
@@ -36,7 +36,7 @@ const HOP_BY_HOP: [&str; 7] = [
 /// Whether a header a function set may reach the client.
 pub fn passes(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    !(n.starts_with("x-ol-") || n.starts_with("proxy-") || HOP_BY_HOP.contains(&n.as_str()))
+    !(config::wire::is_platform(&n) || n.starts_with("proxy-") || HOP_BY_HOP.contains(&n.as_str()))
 }
 
 /// Checks the reply of function `name`: its status, its headers, and where

@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 
 use crate::handler::{Call, CallError, HandlerSet};
 use crate::registry::Registry;
-use crate::stats::Timing;
+use config::wire::{Timing, X_OL_TIMING};
 
 pub struct App {
     pub handlers: Arc<HandlerSet>,
@@ -183,8 +183,8 @@ async fn run(app: &App, rest: &str, req: Request<Incoming>) -> Resp {
         }
     };
     app.handlers.stats.count_status(resp.status().as_u16());
-    if let Ok(v) = HeaderValue::try_from(timing.header()) {
-        resp.headers_mut().insert("x-ol-timing", v);
+    if let Ok(v) = HeaderValue::try_from(timing.to_header()) {
+        resp.headers_mut().insert(X_OL_TIMING, v);
     }
     resp
 }

@@ -1,11 +1,13 @@
-//! Counters and timers behind `/stats` and `x-ol-timing`.
+//! Counters and timers behind `/stats` (the `x-ol-timing` of one call is
+//! `config::wire::Timing`).
 //!
 //! `/stats` is flat JSON in OpenLambda's style: `<timer>.cnt` and
 //! `<timer>.ms-avg` for each timed level, plus plain counters.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use config::wire::{Start, Timing};
 
 #[derive(Default)]
 pub struct Timer {
@@ -17,66 +19,6 @@ impl Timer {
     pub fn record(&self, d: Duration) {
         self.cnt.fetch_add(1, Relaxed);
         self.total_us.fetch_add(d.as_micros() as u64, Relaxed);
-    }
-}
-
-/// How the instance that served a call was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Start {
-    /// No instance was involved (the call was refused before one was needed).
-    #[default]
-    None,
-    /// A new sandbox was created and started for this call.
-    Cold,
-    /// An idle, running instance was reused.
-    Warm,
-    /// A paused instance was resumed.
-    Unpaused,
-    /// A new instance was forked from a zygote (process backend): a cold
-    /// start without interpreter start-up or the zygote's imports.
-    Zygote,
-}
-
-impl Start {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Start::None => "none",
-            Start::Cold => "cold",
-            Start::Warm => "warm",
-            Start::Unpaused => "unpaused",
-            Start::Zygote => "zygote",
-        }
-    }
-}
-
-/// The time one call spent at each level.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Timing {
-    pub queue: Duration,
-    pub create: Duration,
-    pub unpause: Duration,
-    pub run: Duration,
-    pub total: Duration,
-    pub start: Start,
-}
-
-impl Timing {
-    /// `x-ol-timing` value, milliseconds with microsecond precision:
-    /// `queue=0.004;create=0.000;unpause=0.000;run=0.182;total=0.240;start=warm`
-    pub fn header(&self) -> String {
-        let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
-        let mut s = String::with_capacity(96);
-        let _ = write!(
-            s,
-            "queue={:.3};create={:.3};unpause={:.3};run={:.3};total={:.3};start={}",
-            ms(self.queue),
-            ms(self.create),
-            ms(self.unpause),
-            ms(self.run),
-            ms(self.total),
-            self.start.as_str()
-        );
-        s
     }
 }
 
@@ -202,18 +144,5 @@ mod tests {
         assert_eq!(v["handler-run.ms-avg"], 3.0);
         assert_eq!(v["status.4xx"], 1);
         assert_eq!(v["instances.live"], 3);
-    }
-
-    #[test]
-    fn timing_header_is_parseable() {
-        let t = Timing {
-            run: Duration::from_micros(1500),
-            start: Start::Warm,
-            ..Default::default()
-        };
-        assert_eq!(
-            t.header(),
-            "queue=0.000;create=0.000;unpause=0.000;run=1.500;total=0.000;start=warm"
-        );
     }
 }

@@ -48,7 +48,7 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use crate::handler::{Call, CallError, HandlerSet};
 use crate::registry::{Registry, RegistryError};
 use crate::server::App;
-use crate::stats::Timing;
+use config::wire::{Timing, X_OL_FUNCTION, X_OL_GRPC_METHOD, X_OL_TIMING, X_OL_VERSION};
 
 /// Generated code: `ol.Lambda` (server and client) and a
 /// `helloworld.Greeter` client for tests and the load driver.
@@ -250,7 +250,7 @@ impl Grpc {
         match protos::load(&name, &code.dir, &code.config) {
             Ok(Some(c)) if c.service.full_name() == service => {
                 let mut r = plain(200, c.pool().encode_to_vec(), "application/x-protobuf");
-                for (k, v) in [("x-ol-function", &name), ("x-ol-version", &code.version)] {
+                for (k, v) in [(X_OL_FUNCTION, &name), (X_OL_VERSION, &code.version)] {
                     if let Ok(v) = HeaderValue::try_from(v.as_str()) {
                         r.headers_mut().insert(k, v);
                     }
@@ -325,7 +325,7 @@ impl Grpc {
         let event = to_json(&request)?;
         let path = parts.uri.path();
         let mut headers = forwarded_headers(&parts.headers);
-        headers.push(("x-ol-grpc-method", path));
+        headers.push((X_OL_GRPC_METHOD, path));
         let sub_path = format!("/{method}");
         let (res, timing) = sh.call(&name, &event, &sub_path, headers).await;
         let reply = res?;
@@ -399,8 +399,8 @@ impl Lambda for LambdaSvc {
         let headers = forwarded_headers(meta.as_ref());
         let (res, timing) = self.0.call(&req.name, &req.payload, "", headers).await;
         let mut resp = tonic::Response::new(InvokeReply { payload: res? });
-        if let Ok(v) = timing.header().parse() {
-            resp.metadata_mut().insert("x-ol-timing", v);
+        if let Ok(v) = timing.to_header().parse() {
+            resp.metadata_mut().insert(X_OL_TIMING, v);
         }
         Ok(resp)
     }
@@ -597,8 +597,8 @@ fn ok_response(msg: &[u8]) -> Response<Body> {
 }
 
 fn add_timing(h: &mut HeaderMap, t: &Timing) {
-    if let Ok(v) = HeaderValue::try_from(t.header()) {
-        h.insert("x-ol-timing", v);
+    if let Ok(v) = HeaderValue::try_from(t.to_header()) {
+        h.insert(X_OL_TIMING, v);
     }
 }
 
