@@ -5,6 +5,8 @@
 //!
 //! - [`archive`]: pack a directory as `.tar.gz`; unpack or inspect an
 //!   untrusted one without letting anything escape the function directory.
+//! - [`client`]: the code store as worker and proxy use it, a directory or
+//!   an http(s) URL: fetch (bounded), list, upload, delete.
 //! - [`dir`]: a directory store of `<name>/` directories and `<name>.tar.gz`
 //!   files (a tarball wins over a directory of the same name).
 //! - [`version`]: a package's version, the first 16 hex digits of its SHA-256.
@@ -16,6 +18,7 @@
 //!   same on both sides.
 
 pub mod archive;
+pub mod client;
 pub mod dir;
 mod requirements;
 

@@ -4,7 +4,8 @@
 //! A store is a directory (holding `<name>/` directories or `<name>.tar.gz`
 //! files; a tarball wins over a directory of the same name, so an upload
 //! replaces what callers see) or an http(s) URL that serves
-//! `<url>/<name>.tar.gz` (another ol-worker's or ol-proxy's `/registry`).
+//! `<url>/<name>.tar.gz` (another ol-worker's or ol-proxy's `/registry`),
+//! reached through `codestore::client`, as the proxy reaches it.
 //! Whatever the source, the package travels as `.tar.gz` bytes and is
 //! unpacked by `codestore::archive::unpack`, so every source gets the same
 //! checks (the proxy's code store front uses the same crate).
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 use config::FunctionConfig;
 
 use codestore::archive::{self, ArchiveError};
+use codestore::client::{Answer, OpenError, Store};
 
 /// One version of one function, unpacked and ready to run.
 #[derive(Debug)]
@@ -86,7 +88,7 @@ pub const MAX_CONCURRENT_UPLOADS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("no function named {0:?} in the code store")]
+    #[error("{}", codestore::client::not_found(.0))]
     NotFound(String),
     /// A package or upload that cannot be used (caller's fault: 400).
     #[error("{0}")]
@@ -105,11 +107,6 @@ pub enum RegistryError {
     Unsupported(String),
 }
 
-enum Store {
-    Dir(PathBuf),
-    Http(String),
-}
-
 struct Cached {
     code: Arc<CodeVersion>,
     checked: Instant,
@@ -123,7 +120,8 @@ pub struct Registry {
     max_upload: usize,
     /// The worker's limits and their ceilings, checked at upload.
     limits: config::worker::LimitsConfig,
-    /// `registry_token`: sent to an HTTP store; required by this worker's own endpoints.
+    /// `registry_token`, required by this worker's own endpoints (the
+    /// store has it too, to send to an HTTP store).
     token: String,
     cache: Mutex<HashMap<String, Cached>>,
     dirs: Arc<LiveVersions>,
@@ -144,15 +142,10 @@ impl Registry {
         limits: config::worker::LimitsConfig,
         token: String,
     ) -> anyhow::Result<Self> {
-        let store = if location.starts_with("http://") || location.starts_with("https://") {
-            Store::Http(location.trim_end_matches('/').to_string())
-        } else {
-            let dir = PathBuf::from(location);
-            if !dir.is_dir() {
-                anyhow::bail!("registry {location:?} is neither a directory nor an http(s) URL");
-            }
-            Store::Dir(dir.canonicalize()?)
-        };
+        let store = Store::open(location, &token).map_err(|e| match e {
+            OpenError::NotAStore(_) => anyhow::anyhow!("registry {e}"),
+            OpenError::Io(io) => io.into(),
+        })?;
         let code_root = work_dir.join("code");
         let tmp_root = work_dir.join("tmp");
         fs::create_dir_all(&code_root)?;
@@ -182,14 +175,6 @@ impl Registry {
     /// Whether this worker's own `/registry` endpoints need the token.
     pub fn token_required(&self) -> bool {
         !self.token.is_empty()
-    }
-
-    fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        if self.token.is_empty() {
-            req
-        } else {
-            req.header("authorization", format!("Bearer {}", self.token))
-        }
     }
 
     /// How long fetched code is trusted (`registry_cache_ms`).
@@ -327,27 +312,12 @@ impl Registry {
             .join(format!("{what}-{}-{n}", std::process::id()))
     }
 
-    /// The package bytes of `name`, or `None` if the store has no such function.
+    /// The package bytes of `name` (at most `max_upload_bytes`), or `None`
+    /// if the store has no such function.
     fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, RegistryError> {
-        match &self.store {
-            Store::Dir(root) => {
-                codestore::dir::fetch(root, name).map_err(|e| RegistryError::Store(e.to_string()))
-            }
-            Store::Http(base) => {
-                let url = format!("{base}/{name}.tar.gz");
-                match self.authorized(ureq::get(&url)).call() {
-                    Ok(mut resp) => resp
-                        .body_mut()
-                        .with_config()
-                        .limit(self.max_upload as u64)
-                        .read_to_vec()
-                        .map(Some)
-                        .map_err(|e| RegistryError::Store(format!("GET {url}: {e}"))),
-                    Err(ureq::Error::StatusCode(404)) => Ok(None),
-                    Err(e) => Err(RegistryError::Store(format!("GET {url}: {e}"))),
-                }
-            }
-        }
+        self.store
+            .fetch(name, self.max_upload as u64)
+            .map_err(RegistryError::Store)
     }
 
     /// The package of `name` as `.tar.gz` (what `GET /registry/<name>` serves).
@@ -364,21 +334,7 @@ impl Registry {
     }
 
     fn list_blocking(&self) -> Result<Vec<String>, RegistryError> {
-        match &self.store {
-            Store::Dir(root) => {
-                codestore::dir::list(root).map_err(|e| RegistryError::Store(e.to_string()))
-            }
-            Store::Http(base) => {
-                let url = format!("{base}/");
-                let text = self
-                    .authorized(ureq::get(&url))
-                    .call()
-                    .and_then(|mut r| r.body_mut().read_to_string())
-                    .map_err(|e| RegistryError::Store(format!("GET {url}: {e}")))?;
-                serde_json::from_str(&text)
-                    .map_err(|e| RegistryError::Store(format!("GET {url}: {e}")))
-            }
-        }
+        self.store.list().map_err(RegistryError::Store)
     }
 
     /// Installs an uploaded package. It is checked completely first (it
@@ -402,16 +358,10 @@ impl Registry {
         let name = name.to_string();
         let res = blocking(move || {
             this.check_upload(&bytes).map_err(RegistryError::Invalid)?;
-            match &this.store {
-                Store::Dir(root) => codestore::dir::install(root, &name, &bytes)
-                    .map_err(|e| RegistryError::Store(e.to_string()))?,
-                Store::Http(base) => {
-                    let url = format!("{base}/{name}");
-                    this.authorized(ureq::post(&url))
-                        .send(&bytes[..])
-                        .map_err(|e| RegistryError::Store(format!("POST {url}: {e}")))?;
-                }
-            }
+            this.store
+                .upload(&name, &bytes)
+                .and_then(Answer::error_for_status)
+                .map_err(RegistryError::Store)?;
             this.forget(&name);
             this.changed();
             tracing::info!(function = %name, bytes = bytes.len(), "code uploaded");
@@ -448,25 +398,11 @@ impl Registry {
         let this = self.clone();
         let name = name.to_string();
         blocking(move || {
-            match &this.store {
-                Store::Dir(root) => {
-                    let removed = codestore::dir::delete(root, &name)
-                        .map_err(|e| RegistryError::Store(e.to_string()))?;
-                    if !removed {
-                        return Err(RegistryError::NotFound(name));
-                    }
-                }
-                Store::Http(base) => {
-                    let url = format!("{base}/{name}");
-                    match this.authorized(ureq::delete(&url)).call() {
-                        Ok(_) => {}
-                        Err(ureq::Error::StatusCode(404)) => {
-                            return Err(RegistryError::NotFound(name))
-                        }
-                        Err(e) => return Err(RegistryError::Store(format!("DELETE {url}: {e}"))),
-                    }
-                }
+            let answer = this.store.delete(&name).map_err(RegistryError::Store)?;
+            if answer.status == 404 {
+                return Err(RegistryError::NotFound(name));
             }
+            answer.error_for_status().map_err(RegistryError::Store)?;
             this.forget(&name);
             this.changed();
             Ok(())
