@@ -66,9 +66,11 @@ impl Invalid {
     }
 }
 
-/// Multi-line parser messages (toml, yaml) folded into one line.
-pub(crate) fn one_line(s: &str) -> String {
-    s.split('\n')
+/// A message folded onto one line: the form of every error ol-edge writes
+/// (a reply body, a log line, a gRPC message). Multi-line parser messages
+/// (toml, yaml) lose their blank lines and `|`/`^` marker lines.
+pub fn one_line(s: &str) -> String {
+    s.split(['\n', '\r'])
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
         .collect::<Vec<_>>()

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
-pub use error::{ConfigError, Invalid};
+pub use error::{one_line, ConfigError, Invalid};
 pub use experiment::{ArmConfig, Assign, ExperimentConfig};
 pub use function::FunctionConfig;
 pub use locate::toml_key_line;

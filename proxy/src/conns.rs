@@ -40,7 +40,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -48,7 +48,9 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::snapshot::State;
+use crate::http::answer;
+use crate::state::warm::now_ms;
+use crate::state::State;
 
 /// Client connections open on the public listener.
 pub static OPEN: AtomicUsize = AtomicUsize::new(0);
@@ -99,12 +101,6 @@ pub fn init(keepalive_pool: usize) -> (u64, usize) {
 /// The connection cap in force for `configured` (`limits.max_connections`).
 pub fn cap(configured: usize) -> usize {
     configured.min(FD_CAP.get().copied().unwrap_or(usize::MAX))
-}
-
-/// Milliseconds on a monotonic clock (since the first call).
-fn now_ms() -> u64 {
-    static T0: OnceLock<Instant> = OnceLock::new();
-    T0.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// `deadline` while a request is being handled: no deadline.
@@ -190,11 +186,7 @@ async fn refuse(mut stream: Stream, cap: usize) {
     }
     let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_millis(5), stream.read(&mut sink)).await;
-    let body = format!("too many connections: limits.max_connections is {cap}\n");
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\nx-ol-worker: none\r\nx-ol-policy: none\r\n\r\n{body}",
-        body.len()
-    );
+    let head = answer::over_connection_cap(cap);
     let _ = tokio::time::timeout(Duration::from_millis(100), async {
         stream.write_all(head.as_bytes()).await?;
         stream.flush().await?;
@@ -265,16 +257,4 @@ where
     async fn cleanup(&self) {
         self.app.cleanup().await;
     }
-}
-
-/// The connection metrics in Prometheus text (for `/metrics`).
-pub fn render(out: &mut String) {
-    use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "# HELP ol_proxy_connections_open Client connections open on the public listener.\n# TYPE ol_proxy_connections_open gauge\nol_proxy_connections_open {}\n# HELP ol_proxy_connections_refused_total Client connections refused at limits.max_connections.\n# TYPE ol_proxy_connections_refused_total counter\nol_proxy_connections_refused_total {}\n# HELP ol_proxy_connections_head_timeouts_total Client connections closed because a request head did not arrive within timeouts.header_read_ms.\n# TYPE ol_proxy_connections_head_timeouts_total counter\nol_proxy_connections_head_timeouts_total {}",
-        OPEN.load(Ordering::Relaxed),
-        REFUSED.load(Ordering::Relaxed),
-        HEAD_TIMEOUTS.load(Ordering::Relaxed)
-    );
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use config::{parse_toml, ProxyConfig};
-use proxy::server::{config_hash, run, Plan};
+use proxy::{config_hash, run, Plan};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     }
     // No worker at all would answer every call 503: refuse to start.
     let workers_at_start = cfg.local_workers.count;
-    if let Err(i) = proxy::reload::check_has_workers(&cfg, workers_at_start) {
+    if let Err(i) = proxy::check_has_workers(&cfg, workers_at_start) {
         eprintln!(
             "{}",
             config::ConfigError::field(&name, &text, &i.field, i.reason)
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    proxy::reload::init(proxy::reload::Reloader::new(
+    proxy::init_reload(proxy::Reloader::new(
         cli.config.clone(),
         file_cfg,
         cfg.clone(),

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime};
 use config::{parse_toml, ConfigError, ProxyConfig};
 use serde::Serialize;
 
-use crate::snapshot::{Snapshot, State};
+use crate::state::{config_hash, Snapshot, State};
 
 /// Reloads that were swapped in.
 pub static RELOADS_OK: AtomicU64 = AtomicU64::new(0);
@@ -108,75 +108,91 @@ pub fn last() -> Option<Outcome> {
     LAST.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// One setting that only a restart changes.
+struct RestartOnly {
+    field: &'static str,
+    /// Whether it differs between two configs.
+    differs: fn(&ProxyConfig, &ProxyConfig) -> bool,
+    /// The value as a note shows it; `None` for a section, noted as
+    /// "changed" with what is kept.
+    show: Option<fn(&ProxyConfig) -> String>,
+    /// What is kept, for a section.
+    kept: fn(&ProxyConfig) -> String,
+    /// Puts the running value back into a new config.
+    pin: fn(&mut ProxyConfig, &ProxyConfig),
+}
+
+/// A plain setting: compared, shown and pinned by its field path.
+macro_rules! setting {
+    ($name:literal, $($f:ident).+) => {
+        RestartOnly {
+            field: $name,
+            differs: |a, b| a.$($f).+ != b.$($f).+,
+            show: Some(|c| c.$($f).+.to_string()),
+            kept: |c| c.$($f).+.to_string(),
+            pin: |new, run| new.$($f).+ = run.$($f).+.clone(),
+        }
+    };
+}
+
+/// A section: compared and pinned whole, the note says what is kept.
+macro_rules! section {
+    ($name:literal, $f:ident, $kept:expr) => {
+        RestartOnly {
+            field: $name,
+            differs: |a, b| a.$f != b.$f,
+            show: None,
+            kept: $kept,
+            pin: |new, run| new.$f = run.$f.clone(),
+        }
+    };
+}
+
+/// Everything pingora fixes at start (listeners, threads, pools, the
+/// grace period, the local workers) and the caches, built once at start
+/// (`caches::init`): one table, used both to report a change and to put
+/// the running value back.
+fn restart_only() -> [RestartOnly; 8] {
+    [
+        setting!("listen", listen),
+        setting!("admin.listen", admin.listen),
+        setting!("threads", threads),
+        setting!("limits.keepalive_pool", limits.keepalive_pool),
+        setting!("timeouts.shutdown_grace_ms", timeouts.shutdown_grace_ms),
+        section!("local_workers", local_workers, |c| format!(
+            "{} worker(s)",
+            c.local_workers.count
+        )),
+        section!("code_store", code_store, |c| format!(
+            "backing {:?}, ttl_ms {}, warm_ms {}",
+            c.code_store.backing, c.code_store.ttl_ms, c.code_store.warm_ms
+        )),
+        section!("result_cache", result_cache, |c| format!(
+            "max_bytes {}, max_entry_bytes {}",
+            c.result_cache.max_bytes, c.result_cache.max_entry_bytes
+        )),
+    ]
+}
+
 /// Settings that only a restart changes: reports each difference between
 /// the new file and the file at start, and puts the running value back.
 fn pin_restart_only(r: &Reloader, new: &mut ProxyConfig) -> Vec<String> {
     let (old, run) = (&r.file_at_start, &r.running);
     let mut out = Vec::new();
-    let mut note = |field: &str, was: String, now: String, kept: String| {
-        out.push(format!(
-            "{field}: {was} -> {now} needs a restart (still {kept})"
-        ));
-    };
-    if new.listen != old.listen {
-        note(
-            "listen",
-            old.listen.to_string(),
-            new.listen.to_string(),
-            run.listen.to_string(),
-        );
-    }
-    if new.admin.listen != old.admin.listen {
-        note(
-            "admin.listen",
-            old.admin.listen.to_string(),
-            new.admin.listen.to_string(),
-            run.admin.listen.to_string(),
-        );
-    }
-    if new.threads != old.threads {
-        note(
-            "threads",
-            old.threads.to_string(),
-            new.threads.to_string(),
-            run.threads.to_string(),
-        );
-    }
-    if new.limits.keepalive_pool != old.limits.keepalive_pool {
-        note(
-            "limits.keepalive_pool",
-            old.limits.keepalive_pool.to_string(),
-            new.limits.keepalive_pool.to_string(),
-            run.limits.keepalive_pool.to_string(),
-        );
-    }
-    if new.timeouts.shutdown_grace_ms != old.timeouts.shutdown_grace_ms {
-        note(
-            "timeouts.shutdown_grace_ms",
-            old.timeouts.shutdown_grace_ms.to_string(),
-            new.timeouts.shutdown_grace_ms.to_string(),
-            run.timeouts.shutdown_grace_ms.to_string(),
-        );
-    }
-    if new.local_workers != old.local_workers {
-        out.push(format!(
-            "local_workers: changed; needs a restart (still {} worker(s))",
-            r.local.len()
-        ));
-    }
-    // The caches are built once at start (caches::init): their sizes,
-    // backing store and timings stay as they were.
-    if new.code_store != old.code_store {
-        out.push(format!(
-            "code_store: changed; needs a restart (still backing {:?}, ttl_ms {}, warm_ms {})",
-            run.code_store.backing, run.code_store.ttl_ms, run.code_store.warm_ms
-        ));
-    }
-    if new.result_cache != old.result_cache {
-        out.push(format!(
-            "result_cache: changed; needs a restart (still max_bytes {}, max_entry_bytes {})",
-            run.result_cache.max_bytes, run.result_cache.max_entry_bytes
-        ));
+    for s in restart_only() {
+        if (s.differs)(old, new) {
+            let kept = (s.kept)(run);
+            out.push(match s.show {
+                Some(show) => format!(
+                    "{}: {} -> {} needs a restart (still {kept})",
+                    s.field,
+                    show(old),
+                    show(new)
+                ),
+                None => format!("{}: changed; needs a restart (still {kept})", s.field),
+            });
+        }
+        (s.pin)(new, run);
     }
     if new.retries > run.retries {
         out.push(format!(
@@ -185,14 +201,6 @@ fn pin_restart_only(r: &Reloader, new: &mut ProxyConfig) -> Vec<String> {
         ));
         new.retries = run.retries;
     }
-    new.listen = run.listen;
-    new.admin.listen = run.admin.listen;
-    new.threads = run.threads;
-    new.local_workers = run.local_workers.clone();
-    new.limits.keepalive_pool = run.limits.keepalive_pool;
-    new.timeouts.shutdown_grace_ms = run.timeouts.shutdown_grace_ms;
-    new.code_store = run.code_store.clone();
-    new.result_cache = run.result_cache.clone();
     out
 }
 
@@ -232,7 +240,7 @@ fn build(
     let mut cfg: ProxyConfig = parse_toml(path, text)?;
     let notes = pin_restart_only(r, &mut cfg);
     let dns = !cfg.workers.dns.is_empty() && cfg.workers.dns == old.config.workers.dns;
-    let hash = crate::server::config_hash(text);
+    let hash = config_hash(text);
     let field = |e: config::Invalid| ConfigError::field(path, text, &e.field, e.reason);
     check_has_workers(&cfg, r.local.len()).map_err(field)?;
     let mut snap = Snapshot::build(cfg, hash, &r.local, Some(old)).map_err(field)?;

@@ -7,7 +7,7 @@
 //! also make concurrent identical calls one upstream call (coalescing).
 //!
 //! - Key: SHA-256 (first 16 bytes) of function, code version (from the
-//!   function cache, `codestore`), method, path, query and body. A new
+//!   function cache, `code.rs`), method, path, query and body. A new
 //!   version is a new key, so old results are never served for new code;
 //!   results of a version are not stored until workers have had
 //!   `result_cache.settle_ms` to pick it up (they re-check their registry
@@ -40,7 +40,6 @@ use config::proxy::ResultCacheConfig;
 use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use pingora::proxy::Session;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -226,7 +225,7 @@ pub struct Fill {
 /// Headers never stored: hop-by-hop, framing, and the proxy's own.
 fn stored_header(name: &HeaderName) -> bool {
     let n = name.as_str();
-    !(n.starts_with("x-ol-")
+    !(n.starts_with(config::wire::X_OL_PREFIX)
         || matches!(
             n,
             "connection"
@@ -323,35 +322,6 @@ impl Drop for Fill {
     }
 }
 
-/// Writes a stored response with `x-ol-cache: hit`.
-pub async fn answer_hit(
-    session: &mut Session,
-    s: &Stored,
-    policy: Option<&HeaderValue>,
-) -> Result<()> {
-    let mut h = ResponseHeader::build(s.status, Some(s.headers.len() + 4))?;
-    for (k, v) in &s.headers {
-        h.append_header(k.clone(), v.clone())?;
-    }
-    h.insert_header(http::header::CONTENT_LENGTH, s.body.len().to_string())?;
-    h.insert_header("x-ol-cache", "hit")?;
-    h.insert_header("x-ol-worker", "none")?;
-    match policy {
-        Some(p) => h.insert_header("x-ol-policy", p.clone())?,
-        None => h.insert_header("x-ol-policy", "none")?,
-    }
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(h), head_only)
-        .await?;
-    if !head_only {
-        session
-            .write_response_body(Some(s.body.clone()), true)
-            .await?;
-    }
-    Ok(())
-}
-
 /// The request-side state of a cacheable call (in the request context).
 pub struct CallCache {
     /// Set for the leader of a miss.
@@ -363,8 +333,7 @@ impl CallCache {
         if let Some(f) = self.fill.as_mut() {
             f.on_head(resp);
         }
-        resp.insert_header("x-ol-cache", "miss")?;
-        Ok(())
+        crate::http::answer::cache_miss(resp)
     }
 
     pub fn on_body(&mut self, body: &Option<Bytes>, end: bool) {

@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use crate::metrics::Stats;
+use policies::Warm;
+
+use super::metrics::Stats;
+use super::warm::WorkerWarm;
 
 /// One upstream worker.
 pub struct Worker {
@@ -32,44 +35,19 @@ pub struct Worker {
     fail_streak: AtomicU32,
     pub stats: Stats,
     /// What the proxy believes this worker holds warm (the import index).
-    pub warm: crate::import_index::WorkerWarm,
+    pub warm: WorkerWarm,
     /// What the worker itself last reported at `GET /stats`.
     pub reported: Reported,
 }
 
-/// What `Reported` keeps, in its field order: the worker's `/stats` key,
-/// then the metric's name, type and help on the proxy's `/metrics`.
-pub const REPORTED: [(&str, &str, &str, &str); 5] = [
-    (
-        "zygotes.live",
-        "ol_proxy_worker_zygotes",
-        "gauge",
-        "Zygotes the worker keeps now.",
-    ),
-    (
-        "zygotes.created",
-        "ol_proxy_worker_zygotes_created_total",
-        "counter",
-        "Zygotes the worker has created.",
-    ),
-    (
-        "zygotes.fallbacks",
-        "ol_proxy_worker_zygote_fallbacks_total",
-        "counter",
-        "Cold starts that wanted a zygote but started a fresh process.",
-    ),
-    (
-        "packages.installed",
-        "ol_proxy_worker_packages_installed_total",
-        "counter",
-        "Package versions the worker has installed into its package store.",
-    ),
-    (
-        "packages.install-failed",
-        "ol_proxy_worker_package_install_failures_total",
-        "counter",
-        "Package installs that failed on the worker.",
-    ),
+/// The `/stats` keys a worker reports that `Reported` keeps, in its
+/// field order (their metric names: `admin/prometheus.rs`).
+pub const REPORTED: [&str; 5] = [
+    "zygotes.live",
+    "zygotes.created",
+    "zygotes.fallbacks",
+    "packages.installed",
+    "packages.install-failed",
 ];
 
 /// Gauges a worker reports at `GET /stats` (its zygotes and package
@@ -88,7 +66,7 @@ impl Reported {
         let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(stats_json) else {
             return false;
         };
-        for ((key, ..), slot) in REPORTED.iter().zip(&self.values) {
+        for (key, slot) in REPORTED.iter().zip(&self.values) {
             if let Some(v) = m.get(*key).and_then(serde_json::Value::as_u64) {
                 slot.store(v, Ordering::Relaxed);
             }
@@ -143,6 +121,23 @@ impl Worker {
             }
         }
         None
+    }
+}
+
+/// The [`Warm`] a decision sees: the snapshot's workers at one instant.
+/// Two words on the stack.
+pub struct WarmView<'a> {
+    pub workers: &'a [Arc<Worker>],
+    /// From [`super::warm::now_ms`].
+    pub now: u64,
+}
+
+impl Warm for WarmView<'_> {
+    #[inline]
+    fn is_warm(&self, worker: usize, key: u64) -> bool {
+        self.workers
+            .get(worker)
+            .is_some_and(|w| w.warm.contains(key, self.now))
     }
 }
 

@@ -1,7 +1,6 @@
-//! Admin pages for reload and experiments: `POST /admin/reload`,
-//! `GET /admin/experiments` (JSON) and `GET /admin/experiments/<name>`
-//! (HTML with inline SVG plots: latency CDF per arm, cold-start rate per
-//! arm with 95% intervals).
+//! The experiment page, `GET /admin/experiments/<name>`: HTML with inline
+//! SVG plots (latency CDF per arm, cold-start rate per arm with 95%
+//! intervals) around the report's JSON (`report.rs`).
 //!
 //! Why server-rendered SVG: the page must work from the admin listener
 //! alone (no CDN, no JavaScript framework), open in any browser and render
@@ -9,96 +8,15 @@
 //! draw as polylines.
 
 use std::fmt::Write;
-use std::sync::Arc;
 
-use http::{Response, StatusCode};
 use serde_json::Value;
 
-use crate::experiments::{experiment_json, quantile, views, ArmView, Experiment, METHOD};
-use crate::snapshot::State;
+use super::report::{quantile, METHOD};
+use crate::state::experiments::{ArmView, Experiment};
 
 const COLORS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
 ];
-
-fn resp(status: StatusCode, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", ctype)
-        .header("content-length", body.len())
-        .header("cache-control", "no-store")
-        .body(body)
-        .expect("static parts")
-}
-
-fn json_resp(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
-    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
-    body.push(b'\n');
-    resp(status, "application/json", body)
-}
-
-/// Dispatches `/admin/reload` and `/admin/experiments[/<name>]` (the
-/// token was checked by the caller).
-pub fn admin(state: &Arc<State>, method: &str, path: &str) -> Response<Vec<u8>> {
-    if path == "/admin/reload" {
-        if method != "POST" {
-            let mut r = resp(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                b"POST /admin/reload re-reads the config file\n".to_vec(),
-            );
-            r.headers_mut()
-                .insert("allow", http::HeaderValue::from_static("POST"));
-            return r;
-        }
-        let o = crate::reload::reload(state, "admin");
-        let status = if o.ok {
-            StatusCode::OK
-        } else {
-            StatusCode::UNPROCESSABLE_ENTITY
-        };
-        return json_resp(status, &serde_json::to_value(&o).unwrap_or_default());
-    }
-    let snap = state.snap.load_full();
-    let rest = path
-        .strip_prefix("/admin/experiments")
-        .unwrap_or("")
-        .trim_start_matches('/');
-    if rest.is_empty() {
-        return json_resp(
-            StatusCode::OK,
-            &crate::experiments::report(&snap.experiments),
-        );
-    }
-    let (name, as_json) = match rest.strip_suffix(".json") {
-        Some(n) => (n, true),
-        None => (rest, false),
-    };
-    match snap.experiments.list.iter().find(|e| e.name == name) {
-        Some(e) => {
-            let v = views(e);
-            let j = experiment_json(e, &v);
-            if as_json {
-                json_resp(StatusCode::OK, &j)
-            } else {
-                resp(
-                    StatusCode::OK,
-                    "text/html; charset=utf-8",
-                    page(e, &v, &j).into_bytes(),
-                )
-            }
-        }
-        None => resp(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            format!(
-                "no experiment {:?}: see /admin/experiments\n",
-                name.chars().take(100).collect::<String>()
-            )
-            .into_bytes(),
-        ),
-    }
-}
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")

@@ -9,7 +9,7 @@
 //! for a while (`code_store.warm_ms`, the order of the workers' pause and
 //! evict times).
 //!
-//! Layout: each worker (`workers::Worker`, so it carries over membership
+//! Layout: each worker (`super::workers::Worker`, so it carries over membership
 //! changes) has a fixed table of [`SLOTS`] (key hash, expiry) pairs of
 //! relaxed atomics. A lookup scans it (no lock, no allocation: the policies
 //! ask a few times per decision); a record overwrites the same key or the
@@ -20,9 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use policies::Warm;
-
-use crate::workers::Worker;
+use config::wire::Start;
 
 /// Functions plus packages remembered per worker.
 pub const SLOTS: usize = 64;
@@ -85,22 +83,6 @@ impl WorkerWarm {
     }
 }
 
-/// The [`Warm`] a decision sees: the snapshot's workers at one instant.
-/// Two words on the stack.
-pub struct WarmView<'a> {
-    pub workers: &'a [std::sync::Arc<Worker>],
-    pub now: u64,
-}
-
-impl Warm for WarmView<'_> {
-    #[inline]
-    fn is_warm(&self, worker: usize, key: u64) -> bool {
-        self.workers
-            .get(worker)
-            .is_some_and(|w| w.warm.contains(key, self.now))
-    }
-}
-
 /// What workers reported in `x-ol-timing`'s `start=`, for `/metrics`.
 #[derive(Default)]
 pub struct Reports {
@@ -112,24 +94,16 @@ pub struct Reports {
 }
 
 impl Reports {
-    /// Counts the `start=` of an `x-ol-timing` value; `false` when there is
-    /// none (the worker did not run the function).
-    pub fn count(&self, timing: &[u8]) -> bool {
-        let Some(start) = timing
-            .split(|&b| b == b';')
-            .find_map(|kv| kv.trim_ascii().strip_prefix(b"start="))
-        else {
-            return false;
-        };
+    /// Counts how the worker started the call's instance.
+    pub fn count(&self, start: Start) {
         let c = match start {
-            b"cold" => &self.cold,
-            b"warm" => &self.warm,
-            b"unpaused" => &self.unpaused,
-            b"zygote" => &self.zygote,
-            _ => &self.other,
+            Start::Cold => &self.cold,
+            Start::Warm => &self.warm,
+            Start::Unpaused => &self.unpaused,
+            Start::Zygote => &self.zygote,
+            Start::None => &self.other,
         };
         c.fetch_add(1, Relaxed);
-        true
     }
 }
 
@@ -150,13 +124,5 @@ mod tests {
         assert!(!w.contains(7, 10), "the earliest expiry was evicted");
         assert!(w.contains(1000 + SLOTS as u64 - 1, 10));
         assert_eq!(w.live(150), SLOTS);
-    }
-
-    #[test]
-    fn start_is_parsed() {
-        let r = Reports::default();
-        assert!(r.count(b"queue=0.004;run=0.1;total=0.2;start=zygote"));
-        assert!(!r.count(b"queue=0.004"));
-        assert_eq!(r.zygote.load(Relaxed), 1);
     }
 }

@@ -141,22 +141,37 @@ impl Routing {
         self.policies.iter().position(|p| p.name == name)
     }
 
-    /// One decision: the workers to try, best first.
-    #[inline]
-    pub fn pick(&self, id: PolicyId, req: &Request<'_>) -> Picks {
-        self.set.routes()[id].pick(req, &View::new(&self.table))
-    }
-
-    /// One decision that also sees which workers hold what warm (the
-    /// proxy's import index).
+    /// One decision: the workers to try, best first. It also sees which
+    /// workers hold what warm (the proxy's import index; `policies::NoWarm`
+    /// for none).
     #[inline]
     pub fn pick_warm(&self, id: PolicyId, req: &Request<'_>, warm: &dyn policies::Warm) -> Picks {
         self.set.routes()[id].pick(req, &View::with_warm(&self.table, warm))
     }
 }
 
-/// FNV-1a: function names are short and come from validated config, so
-/// SipHash's DoS resistance buys nothing on this per-request lookup.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a of `bytes`, continuing from `h`.
+#[inline]
+fn fnv1a_from(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// FNV-1a: stable across processes (an experiment's arm for a key is the
+/// same on every proxy) and a few ns for the short keys hashed per request.
+#[inline]
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv1a_from(FNV_OFFSET, bytes)
+}
+
+/// FNV-1a as a `Hasher`: function names are short and come from validated
+/// config, so SipHash's DoS resistance buys nothing on this per-request
+/// lookup.
 #[derive(Default)]
 pub struct Fnv(u64);
 
@@ -165,16 +180,8 @@ impl Hasher for Fnv {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
+        let h = if self.0 == 0 { FNV_OFFSET } else { self.0 };
+        self.0 = fnv1a_from(h, bytes);
     }
 }
 
@@ -256,10 +263,13 @@ mod tests {
         let r = Routing::build(&cfg(), &keys, |i| i != 1).unwrap();
         let (_, id) = r.route_for("hello");
         let req = Request::new("hello").session(Some("abc"));
-        let first = r.pick(id, &req).first().unwrap();
+        let first = r.pick_warm(id, &req, &policies::NoWarm).first().unwrap();
         assert_ne!(first, 1);
         for _ in 0..20 {
-            assert_eq!(r.pick(id, &req).first(), Some(first));
+            assert_eq!(
+                r.pick_warm(id, &req, &policies::NoWarm).first(),
+                Some(first)
+            );
         }
     }
 }

@@ -1,14 +1,11 @@
 //! Background work: active health checks and DNS re-resolution, as one
 //! pingora background service.
 //!
-//! Health: every `interval_ms`, each worker gets `GET <path>` on a fresh
-//! connection; a 200 whose body starts with `ready` is a success. With
-//! `protocol = "grpc"` the check is `grpc.health.v1.Health/Check` over h2c
-//! instead (grpc.rs), and `SERVING` is a success. The
-//! result goes into the worker's atomics (`rise`/`fall` streaks), which the
-//! very next routing decision sees. A hand-written HTTP/1.1 probe keeps the
-//! checker independent of the proxy's connection pool (a pooled connection
-//! could hide a worker that stopped accepting).
+//! Health: every `interval_ms`, each worker gets the configured check
+//! (`client.rs`: `GET <path>` answering `ready`, or gRPC's
+//! `Health/Check` answering `SERVING`). The result goes into the worker's
+//! atomics (`rise`/`fall` streaks), which the very next routing decision
+//! sees.
 //!
 //! Stats: every `stats_interval_ms`, each worker's `GET /stats` is read
 //! into its `reported` gauges (zygotes, package store) for `/metrics`.
@@ -24,60 +21,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use config::proxy::HealthProtocol;
-
-use crate::snapshot::State;
+use super::client::{health_check, http_get, HealthCheck};
+use crate::state::State;
 
 pub struct Background {
     pub state: Arc<State>,
-}
-
-/// `GET <path>` on a fresh connection to a worker (a hand-written
-/// HTTP/1.1 request, `Connection: close`): the status and the body (at
-/// most `limit` bytes), or `None` on any failure or after `timeout`. The
-/// health checker, the `/stats` poll and the gRPC lookups (grpc.rs) use
-/// it, independent of the proxy's connection pool (a pooled connection
-/// could hide a worker that stopped accepting).
-pub async fn http_get(
-    addr: SocketAddr,
-    path: &str,
-    timeout: Duration,
-    limit: u64,
-) -> Option<(u16, Vec<u8>)> {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: ol-proxy\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::with_capacity(512);
-        s.take(limit + 4096).read_to_end(&mut buf).await.ok()?;
-        Some(buf)
-    };
-    let mut buf = tokio::time::timeout(timeout, fut).await.ok()??;
-    if !buf.starts_with(b"HTTP/1.") {
-        return None;
-    }
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let status = std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()?;
-    buf.drain(..end + 4);
-    buf.truncate(limit as usize);
-    Some((status, buf))
-}
-
-/// One probe: true when the worker answered 200 and `ready`.
-pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
-    // A chunked body starts with its size line; accept `ready` in the
-    // first few bytes either way.
-    http_get(addr, path, timeout, 8192)
-        .await
-        .is_some_and(|(status, b)| {
-            status == 200
-                && (b.starts_with(b"ready") || b.windows(5).take(16).any(|w| w == b"ready"))
-        })
 }
 
 async fn resolve(name: &str) -> Option<Vec<SocketAddr>> {
@@ -99,16 +48,13 @@ impl Background {
             return;
         }
         let timeout = Duration::from_millis(h.timeout_ms);
+        let check: Arc<dyn HealthCheck> = Arc::from(health_check(h));
         let checks = snap.workers.iter().map(|w| {
             let w = w.clone();
-            let path = h.path.clone();
-            let grpc = (h.protocol == HealthProtocol::Grpc).then(|| h.grpc_service.clone());
+            let check = check.clone();
             let (rise, fall) = (h.rise, h.fall);
             async move {
-                let ok = match grpc {
-                    Some(service) => crate::grpc::health_check(w.addr, &service, timeout).await,
-                    None => probe(w.addr, &path, timeout).await,
-                };
+                let ok = check.check(w.addr, timeout).await;
                 if let Some(now) = w.record_check(ok, rise, fall) {
                     log::info!(
                         "worker {} is now {}",

@@ -1,13 +1,16 @@
-//! Name and content inspection: the function name from `/run/<name>/...`,
-//! and routing keys from a cookie, a header, a query parameter or a JSON
-//! body path.
+//! Name and content inspection, pure: the function name from
+//! `/run/<name>/...`, a gRPC call's service from its path, and routing keys
+//! from a cookie, a header, a query parameter, a JSON body path or a field
+//! of a gRPC message ([`protowire`]).
 //!
-//! Everything but the JSON path borrows from the request header, so the
-//! common case allocates nothing. The body is only read when the chosen
-//! policy needs a JSON key (the caller decides, and bounds its size).
+//! Everything but the body keys borrows from the request header, so the
+//! common case allocates nothing. A body is only read when the chosen
+//! policy needs a key in it (the caller decides, and bounds its size).
 
 use config::policy::KeySource;
 use pingora::http::RequestHeader;
+
+pub mod protowire;
 
 /// What the path asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,6 +28,33 @@ pub fn target(path: &str) -> Target<'_> {
         None if path == "/run" => Target::Function(""),
         None => Target::Other,
     }
+}
+
+/// The generic invoke service (`workers/proto/ol/lambda.proto`): its calls
+/// route as the function `InvokeRequest.name` (field 1) names.
+pub const INVOKE_SERVICE: &str = "ol.Lambda";
+
+/// `content-type: application/grpc*` (not gRPC-Web).
+pub fn is_call(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct == "application/grpc"
+                || ct.starts_with("application/grpc+")
+                || ct.starts_with("application/grpc;")
+        })
+}
+
+/// `/<package>.<Service>/<Method>` -> the service.
+pub fn service_of(path: &str) -> Option<&str> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    };
+    (ok(service) && ok(method) && !method.contains('.')).then_some(service)
 }
 
 /// A key found in the request header (cookie, header or query), borrowed.
@@ -115,6 +145,15 @@ mod tests {
         assert_eq!(target("/run"), Target::Function(""));
         assert_eq!(target("/status"), Target::Other);
         assert_eq!(target("/runner"), Target::Other);
+    }
+
+    #[test]
+    fn grpc_services() {
+        assert_eq!(
+            service_of("/helloworld.Greeter/SayHello"),
+            Some("helloworld.Greeter")
+        );
+        assert_eq!(service_of("/run/hello/x"), None);
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! Builds the pingora server in code from `ProxyConfig` (no pingora YAML,
-//! no pingora `Opt`), runs it, and shuts it down.
+//! Composes the proxy: builds the pingora server in code from
+//! `ProxyConfig` (no pingora YAML, no pingora `Opt`) out of its services
+//! (the public listener behind `conns`, the admin listener, the health and
+//! DNS background), runs it, and shuts it down. It only wires; each part
+//! keeps its own rules.
 //!
 //! Shutdown: SIGINT, SIGTERM and SIGQUIT all mean "graceful terminate"
 //! (pingora's SIGINT would drop in-flight requests; we do not do binary
@@ -23,9 +26,10 @@ use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::conns::Guarded;
-use crate::health::Background;
-use crate::service::OlProxy;
-use crate::snapshot::{Snapshot, State, IN_FLIGHT};
+use crate::request::OlProxy;
+use crate::state::{Snapshot, State, IN_FLIGHT};
+use crate::upstream::health::Background;
+use crate::upstream::local;
 
 /// How long local workers get between SIGTERM and SIGKILL.
 const WORKER_STOP_GRACE: Duration = Duration::from_secs(2);
@@ -103,14 +107,14 @@ pub fn run(plan: Plan) {
 
     if let Err(e) = crate::caches::init(&cfg) {
         eprintln!("{e}");
-        crate::local::stop_all(WORKER_STOP_GRACE);
+        local::stop_all(WORKER_STOP_GRACE);
         std::process::exit(2);
     }
     let snap = match Snapshot::build(cfg, plan.config_hash, &plan.local_workers, None) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{}: {}", e.field, e.reason);
-            crate::local::stop_all(WORKER_STOP_GRACE);
+            local::stop_all(WORKER_STOP_GRACE);
             std::process::exit(2);
         }
     };
@@ -179,7 +183,7 @@ pub fn run(plan: Plan) {
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals),
     });
-    crate::local::stop_all(WORKER_STOP_GRACE);
+    local::stop_all(WORKER_STOP_GRACE);
 }
 
 /// Waits until nothing is in flight or `grace` is up, then stops the local
@@ -197,11 +201,6 @@ fn drain_and_exit(grace: Duration) -> ! {
     } else {
         log::info!("drained; exiting");
     }
-    crate::local::stop_all(WORKER_STOP_GRACE);
+    local::stop_all(WORKER_STOP_GRACE);
     std::process::exit(0)
-}
-
-/// The config text's hash, shown as the config version.
-pub fn config_hash(text: &str) -> u64 {
-    policies::hash_str(text)
 }

@@ -9,6 +9,18 @@
 //! re-resolution swaps in a snapshot with a new worker list; a reload
 //! (SIGHUP or `POST /admin/reload`, `crate::reload`) builds a whole new
 //! snapshot with [`Snapshot::build`] and swaps it the same way.
+//!
+//! This folder holds state only, no sockets: the snapshot and what it is
+//! built from ([`routing`], the one adapter to the policies crate;
+//! [`workers`]; [`experiments`]) and the atomics the request path feeds
+//! ([`metrics`], [`warm`]). Everything here is read without locks on the
+//! request path.
+
+pub mod experiments;
+pub mod metrics;
+pub mod routing;
+pub mod warm;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -18,10 +30,10 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use config::{Invalid, ProxyConfig};
 
-use crate::experiments::Experiments;
-use crate::metrics::Stats;
-use crate::routing::{PolicyId, Routing};
-use crate::workers::{merge, Worker};
+use experiments::Experiments;
+use metrics::Stats;
+use routing::{PolicyId, Routing};
+use workers::{merge, Worker};
 
 /// Requests between `new_ctx` and the end of their context, all routes.
 /// Shutdown waits for it to reach zero.
@@ -49,7 +61,7 @@ pub struct Snapshot {
     pub workers: Vec<Arc<Worker>>,
     /// Addresses that are always workers (static list, local workers).
     pub fixed: Arc<Vec<(SocketAddr, &'static str)>>,
-    /// Policy A/B experiments (`crate::experiments`); their arm stats
+    /// Policy A/B experiments ([`experiments`]); their arm stats
     /// carry over rebuilds.
     pub experiments: Arc<Experiments>,
     /// When this config was loaded (start or reload).
@@ -192,4 +204,9 @@ impl State {
             started: Instant::now(),
         })
     }
+}
+
+/// The config text's hash, shown as the config version.
+pub fn config_hash(text: &str) -> u64 {
+    policies::hash_str(text)
 }

@@ -1,4 +1,5 @@
-//! gRPC name and content inspection (workers/GRPC.md has the worker side).
+//! What the proxy learns from workers about gRPC services, for routing
+//! (workers/GRPC.md has the worker side).
 //!
 //! Name: a gRPC call names a service (`/<package>.<Service>/<Method>`), not
 //! a function. Workers publish which function binds which service at
@@ -24,43 +25,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use pingora::http::RequestHeader;
 use prost_reflect::{DescriptorPool, Kind};
 
-use crate::snapshot::Snapshot;
+use super::client::http_get;
+use crate::inspect::service_of;
+use crate::state::Snapshot;
 
 const TTL: Duration = Duration::from_secs(5);
 const MISS_RETRY: Duration = Duration::from_secs(1);
 /// Workers compile a function's protos when their service index is
 /// rebuilt, which a loaded machine can take a while to do.
 const FETCH_TIMEOUT: Duration = Duration::from_millis(3000);
-
-/// The generic invoke service (`workers/proto/ol/lambda.proto`): its calls
-/// route as the function `InvokeRequest.name` (field 1) names.
-pub const INVOKE_SERVICE: &str = "ol.Lambda";
-
-/// `content-type: application/grpc*` (not gRPC-Web).
-pub fn is_call(req: &RequestHeader) -> bool {
-    req.headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct == "application/grpc"
-                || ct.starts_with("application/grpc+")
-                || ct.starts_with("application/grpc;")
-        })
-}
-
-/// `/<package>.<Service>/<Method>` -> the service.
-pub fn service_of(path: &str) -> Option<&str> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    let ok = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-    };
-    (ok(service) && ok(method) && !method.contains('.')).then_some(service)
-}
 
 struct Cache {
     map: HashMap<String, String>,
@@ -109,7 +84,7 @@ async fn fetch_bindings(addr: SocketAddr) -> Option<HashMap<String, String>> {
 
 /// A `200` body of `GET <path>` from one worker; `None`, logged, otherwise.
 async fn fetch(addr: SocketAddr, path: &str) -> Option<Vec<u8>> {
-    match crate::health::http_get(addr, path, FETCH_TIMEOUT, 8 << 20).await {
+    match http_get(addr, path, FETCH_TIMEOUT, 8 << 20).await {
         Some((200, body)) => Some(body),
         other => {
             let why = other.map_or("no answer".to_string(), |(s, _)| format!("status {s}"));
@@ -272,159 +247,9 @@ fn resolve(
     Ok(Some(numbers))
 }
 
-/// The standard gRPC health check of one worker: `grpc.health.v1.Health/
-/// Check` of `service` ("" is the whole server) on a fresh h2c connection
-/// (prior knowledge, like the proxy's upstream h2c). True when the call
-/// succeeds (`grpc-status: 0`) and the reply's `status` (field 1) is
-/// `SERVING` (1).
-pub async fn health_check(addr: SocketAddr, service: &str, timeout: Duration) -> bool {
-    let fut = async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let (client, conn) = h2::client::handshake(tcp).await.ok()?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut client = client.ready().await.ok()?;
-        let req = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers")
-            .header(http::header::USER_AGENT, "ol-proxy-health")
-            .body(())
-            .ok()?;
-        let (resp, mut send) = client.send_request(req, false).ok()?;
-        // HealthCheckRequest { string service = 1; }, in one gRPC frame.
-        let mut msg = Vec::with_capacity(3 + service.len());
-        if !service.is_empty() {
-            msg.push(0x0a);
-            put_varint(&mut msg, service.len() as u64);
-            msg.extend_from_slice(service.as_bytes());
-        }
-        let mut frame = vec![0u8];
-        frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&msg);
-        send.send_data(bytes::Bytes::from(frame), true).ok()?;
-        let resp = resp.await.ok()?;
-        if resp.status() != http::StatusCode::OK {
-            return Some(false);
-        }
-        let trailers_only = resp.headers().get("grpc-status").cloned();
-        let mut body = resp.into_body();
-        let mut buf = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.ok()?;
-            let _ = body.flow_control().release_capacity(chunk.len());
-            buf.extend_from_slice(&chunk);
-            if buf.len() > 4096 {
-                return Some(false);
-            }
-        }
-        let trailers = body.trailers().await.ok()?;
-        let status = trailers_only.or_else(|| trailers?.get("grpc-status").cloned())?;
-        Some(status == "0" && protobuf_key(&buf, &[1]).as_deref() == Some(b"1"))
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
-}
-
-/// The key at field numbers (`[1]`, `[2, 1]`) of the first message of a
-/// gRPC request body (5-byte frame header, uncompressed). Strings and
-/// bytes as they are, integers in decimal; the last occurrence wins, as in
-/// protobuf. `None` when absent or malformed.
-pub fn protobuf_key(body: &[u8], fields: &[u64]) -> Option<Vec<u8>> {
-    if body.len() < 5 || body[0] != 0 {
-        return None;
-    }
-    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    let mut msg = body.get(5..5 + len)?;
-    let (last, parents) = fields.split_last()?;
-    for f in parents {
-        match find(msg, *f)? {
-            Value::Len(sub) => msg = sub,
-            _ => return None,
-        }
-    }
-    Some(match find(msg, *last)? {
-        Value::Len(b) => b.to_vec(),
-        Value::Varint(v) => v.to_string().into_bytes(),
-        Value::Fixed64(v) => v.to_string().into_bytes(),
-        Value::Fixed32(v) => v.to_string().into_bytes(),
-    })
-}
-
-enum Value<'a> {
-    Varint(u64),
-    Fixed64(u64),
-    Fixed32(u32),
-    Len(&'a [u8]),
-}
-
-/// The last value of field `field` in one message.
-fn find(mut b: &[u8], field: u64) -> Option<Value<'_>> {
-    let mut found = None;
-    while !b.is_empty() {
-        let tag = varint(&mut b)?;
-        let (num, wire) = (tag >> 3, tag & 7);
-        let v = match wire {
-            0 => Value::Varint(varint(&mut b)?),
-            1 => {
-                let (x, rest) = b.split_first_chunk::<8>()?;
-                b = rest;
-                Value::Fixed64(u64::from_le_bytes(*x))
-            }
-            2 => {
-                let n = usize::try_from(varint(&mut b)?).ok()?;
-                let (x, rest) = (b.get(..n)?, b.get(n..)?);
-                b = rest;
-                Value::Len(x)
-            }
-            5 => {
-                let (x, rest) = b.split_first_chunk::<4>()?;
-                b = rest;
-                Value::Fixed32(u32::from_le_bytes(*x))
-            }
-            _ => return None,
-        };
-        if num == field {
-            found = Some(v);
-        }
-    }
-    found
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn varint(b: &mut &[u8]) -> Option<u64> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let (&byte, rest) = b.split_first()?;
-        *b = rest;
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(msg: &[u8]) -> Vec<u8> {
-        let mut v = vec![0];
-        v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-        v.extend_from_slice(msg);
-        v
-    }
 
     /// `package t; message Inner { string id = 4; }
     /// message Req { string name = 1; Inner inner = 3; repeated string tags = 5; }
@@ -503,38 +328,5 @@ mod tests {
         assert!(resolve(&p, "t.T", "Call", "t.Req.name")
             .unwrap_err()
             .contains("service t.T"));
-    }
-
-    #[test]
-    fn varints_round_trip() {
-        for v in [0u64, 1, 127, 128, 300, 16_383, 16_384, u64::MAX] {
-            let mut b = Vec::new();
-            put_varint(&mut b, v);
-            let mut s = b.as_slice();
-            assert_eq!(varint(&mut s), Some(v));
-            assert!(s.is_empty());
-        }
-    }
-
-    #[test]
-    fn services_and_keys() {
-        assert_eq!(
-            service_of("/helloworld.Greeter/SayHello"),
-            Some("helloworld.Greeter")
-        );
-        assert_eq!(service_of("/run/hello/x"), None);
-        // HelloRequest { name: "Ada" }
-        let b = frame(&[0x0a, 3, b'A', b'd', b'a']);
-        assert_eq!(protobuf_key(&b, &[1]), Some(b"Ada".to_vec()));
-        assert_eq!(protobuf_key(&b, &[2]), None);
-        // { 2: 300 (varint), 3: { 1: "x" }, 2: 7 } -> last 2 wins.
-        let b = frame(&[0x10, 0xac, 0x02, 0x1a, 3, 0x0a, 1, b'x', 0x10, 7]);
-        assert_eq!(protobuf_key(&b, &[2]), Some(b"7".to_vec()));
-        assert_eq!(protobuf_key(&b, &[3, 1]), Some(b"x".to_vec()));
-        // Malformed: truncated, compressed, not a number path.
-        assert_eq!(protobuf_key(&frame(&[0x0a, 9, b'A']), &[1]), None);
-        let mut c = frame(&[0x0a, 1, b'A']);
-        c[0] = 1;
-        assert_eq!(protobuf_key(&c, &[1]), None);
     }
 }
