@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use tonic::transport::{Channel, Endpoint};
-use workers::grpc::pb::helloworld::greeter_client::GreeterClient;
-use workers::grpc::pb::helloworld::HelloRequest;
-use workers::grpc::pb::ol::lambda_client::LambdaClient;
-use workers::grpc::pb::ol::InvokeRequest;
+use workers::pb::helloworld::greeter_client::GreeterClient;
+use workers::pb::helloworld::HelloRequest;
+use workers::pb::ol::lambda_client::LambdaClient;
+use workers::pb::ol::InvokeRequest;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum CallKind {

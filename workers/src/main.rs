@@ -1,4 +1,6 @@
-//! `ol-worker`: a thin binary over the `workers` library.
+//! `ol-worker`: a thin binary over the `workers` library. It reads the
+//! config and wires the layers bottom up: registry -> sandbox manager ->
+//! handler set (with its reaper) -> front.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,12 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use config::worker::SandboxKind;
 use config::WorkerConfig;
-use workers::handler::HandlerSet;
-use workers::registry::Registry;
-use workers::sandbox::docker::DockerManager;
-use workers::sandbox::process::ProcessManager;
-use workers::sandbox::SandboxManager;
-use workers::server::{self, App};
+use workers::{DockerManager, Front, HandlerSet, ProcessManager, Registry, SandboxManager};
 
 /// An OpenLambda-compatible worker: runs Python functions (`f.py` with
 /// `def f(event)`, or a WSGI `app`) in sandboxes and serves them over HTTP.
@@ -124,8 +121,8 @@ async fn run(cfg: WorkerConfig, grace: Duration) -> anyhow::Result<()> {
         cfg.registry_token.clone(),
     )?);
     let manager: Arc<dyn SandboxManager> = match cfg.sandbox {
-        SandboxKind::Process => Arc::new(ProcessManager::new(&cfg, registry.clone())?),
-        SandboxKind::Docker => Arc::new(DockerManager::new(&cfg, registry.clone()).await?),
+        SandboxKind::Process => Arc::new(ProcessManager::new(&cfg)?),
+        SandboxKind::Docker => Arc::new(DockerManager::new(&cfg).await?),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -140,27 +137,15 @@ async fn run(cfg: WorkerConfig, grace: Duration) -> anyhow::Result<()> {
     if cfg.registry_token.is_empty() {
         tracing::warn!("registry_token is not set: anyone who reaches this port may upload and delete functions");
     }
-    let handlers = HandlerSet::new(manager.clone(), cfg.instances.clone(), cfg.limits);
-    let reaper = {
-        let handlers = handlers.clone();
-        let every = Duration::from_millis((cfg.instances.pause_after_ms / 2).clamp(10, 100));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tick.tick().await;
-                handlers.reap().await;
-            }
-        })
-    };
-    let app = Arc::new(App {
-        handlers: handlers.clone(),
-        registry,
-        max_body: cfg.max_body_bytes,
-        max_upload: cfg.max_upload_bytes,
-        tracebacks: cfg.tracebacks,
-    });
-    server::serve(listener, app, shutdown_signal(), grace).await;
+    let handlers = HandlerSet::new(
+        registry.clone(),
+        manager.clone(),
+        cfg.instances.clone(),
+        cfg.limits,
+    );
+    let reaper = handlers.start_reaper();
+    let front = Front::new(handlers.clone(), registry, &cfg);
+    workers::serve(listener, front, shutdown_signal(), grace).await;
     reaper.abort();
     tracing::info!("shutting down: removing instances");
     handlers.remove_all().await;

@@ -15,10 +15,10 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use workers::grpc::pb::helloworld::greeter_client::GreeterClient;
-use workers::grpc::pb::helloworld::HelloRequest;
-use workers::grpc::pb::ol::lambda_client::LambdaClient;
-use workers::grpc::pb::ol::InvokeRequest;
+use workers::pb::helloworld::greeter_client::GreeterClient;
+use workers::pb::helloworld::HelloRequest;
+use workers::pb::ol::lambda_client::LambdaClient;
+use workers::pb::ol::InvokeRequest;
 
 fn start(toml: &str) -> Worker {
     Worker::start(Options {

@@ -131,10 +131,6 @@ impl Cgroups {
         }
     }
 
-    pub fn has_freezer(&self) -> bool {
-        self.version == Version::V2 || self.parents.iter().any(|p| p.0 == "freezer")
-    }
-
     /// Creates the cgroup of one instance with its limits set.
     pub fn create(&self, id: &str, limits: &Limits) -> io::Result<InstanceCgroup> {
         let mut cg = InstanceCgroup {

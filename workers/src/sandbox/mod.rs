@@ -1,15 +1,20 @@
-//! The sandbox layer, after the interfaces of the OpenLambda design notes
-//! (`Sandbox`: start, stop, pause, unpause, remove, logs, state, port;
-//! `SandboxManager`: create, pull). A sandbox runs one instance of one
-//! function: a Python runtime (`workers/runtime/ol_runtime.py`) that
-//! listens on a unix socket, never a TCP port. Backends: `process` (a
-//! Python process per instance, with cgroups or rlimits).
+//! Isolation only: the sandbox layer, after the interfaces of OpenLambda's
+//! sandbox package (`Sandbox`: start, stop, pause, unpause, remove, logs,
+//! state; `SandboxManager`: create). A sandbox runs one instance of one
+//! function version: a Python runtime (`workers/runtime/ol_runtime.py`,
+//! spoken to through `crate::runtime`) that listens on a unix socket,
+//! never a TCP port. It is given a `CodeVersion` and never asks the
+//! registry for one: which version runs is the invoke layer's choice.
+//!
+//! Backends:
+//! - `process`: a Python process per instance (its own uid, cgroup or
+//!   rlimits, network namespace), forked from a zygote when one fits;
+//! - `docker`: a container per instance (its own root filesystem and
+//!   namespaces), from a pool of pre-started ones when the limits allow.
 
-pub mod cgroup;
+mod cgroup;
 pub mod docker;
 pub mod process;
-pub mod rpc;
-pub mod zygote;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -17,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::registry::CodeVersion;
+use crate::code::registry::CodeVersion;
 
 /// The unprivileged uids handlers run as, one per live instance, when the
 /// worker is root (no passwd entries needed). Shared by every backend.
@@ -127,6 +132,42 @@ pub enum SandboxError {
     Setup(String),
 }
 
+impl SandboxError {
+    /// The runtime ended before it was ready; `why` is its `exit_reason`.
+    pub fn died_at_start(name: &str, why: &str) -> SandboxError {
+        SandboxError::Crashed(format!("runtime of {name} died at start: {why}"))
+    }
+
+    /// The runtime did not `what` ("start", "load") `within` its time.
+    pub fn not_ready(name: &str, what: &str, within: &str) -> SandboxError {
+        SandboxError::Crashed(format!("runtime of {name} did not {what} within {within}"))
+    }
+}
+
+/// How a runtime ended, in the words of `Sandbox::exit_reason`, the same
+/// for every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Killed by its memory limit (MiB).
+    OutOfMemory(u64),
+    Signal(i32),
+    Status(i32),
+    /// No exit seen (it may still run, but does not answer).
+    Unknown,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::OutOfMemory(mb) => write!(f, "killed by its memory limit of {mb} MiB"),
+            Exit::Signal(libc::SIGKILL) => f.write_str("killed (SIGKILL)"),
+            Exit::Signal(n) => write!(f, "killed by signal {n}"),
+            Exit::Status(c) => write!(f, "runtime exited with status {c}"),
+            Exit::Unknown => f.write_str("runtime stopped answering"),
+        }
+    }
+}
+
 /// One isolated instance of a function's runtime.
 #[async_trait]
 pub trait Sandbox: Send + Sync {
@@ -155,7 +196,7 @@ pub trait Sandbox: Send + Sync {
     }
 }
 
-/// Creates sandboxes of one backend, and pulls code for them.
+/// Creates sandboxes of one backend.
 #[async_trait]
 pub trait SandboxManager: Send + Sync {
     /// A new sandbox for `code` with `limits`, created but not started.
@@ -164,8 +205,6 @@ pub trait SandboxManager: Send + Sync {
         code: &Arc<CodeVersion>,
         limits: Limits,
     ) -> Result<Box<dyn Sandbox>, SandboxError>;
-    /// Makes the current version of a function available locally.
-    async fn pull(&self, name: &str) -> Result<Arc<CodeVersion>, crate::registry::RegistryError>;
     /// What isolation is in force, for the start-up log.
     fn describe(&self) -> String;
     /// Removes what the backend left behind at exit.

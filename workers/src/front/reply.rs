@@ -1,3 +1,7 @@
+//! Every response the worker's HTTP front writes: its own (a line of text,
+//! JSON, a call error: one line, then the detail where there is one), and
+//! a function's reply, checked.
+//!
 //! What a function's reply may carry to clients (workers/README.md, "What
 //! functions cannot forge"). The runtime shares its interpreter with the
 //! function, so whatever it sends is checked here, once, before it becomes
@@ -14,13 +18,17 @@
 //!   traceback, runtime log) of the worker's own call errors, go to the
 //!   worker's log; the client gets the one-line error.
 
+use bytes::Bytes;
+use config::wire::{is_platform, X_OL_TRACEBACK};
 use config::worker::Tracebacks;
+use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
 
-use crate::handler::{CallError, Reply};
+use crate::invoke::{CallError, Reply};
 
-/// The runtime's mark on an error reply whose body is one line, then a
-/// traceback (see `ol_runtime.py`).
-pub use config::wire::X_OL_TRACEBACK as TRACEBACK_MARK;
+/// A response of the HTTP front.
+pub type Resp = Response<Full<Bytes>>;
 
 /// Headers the worker sets or frames itself, never taken from a function.
 const HOP_BY_HOP: [&str; 7] = [
@@ -36,7 +44,7 @@ const HOP_BY_HOP: [&str; 7] = [
 /// Whether a header a function set may reach the client.
 pub fn passes(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    !(config::wire::is_platform(&n) || n.starts_with("proxy-") || HOP_BY_HOP.contains(&n.as_str()))
+    !(is_platform(&n) || n.starts_with("proxy-") || HOP_BY_HOP.contains(&n.as_str()))
 }
 
 /// Checks the reply of function `name`: its status, its headers, and where
@@ -54,7 +62,7 @@ pub fn check(name: &str, mut reply: Reply, tracebacks: Tracebacks) -> Result<Rep
     let marked = reply
         .headers
         .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case(TRACEBACK_MARK));
+        .any(|(k, _)| k.eq_ignore_ascii_case(X_OL_TRACEBACK));
     reply.headers.retain(|(k, _)| passes(k));
     if marked && tracebacks == Tracebacks::Log {
         if let Some(end) = reply.body.iter().position(|&b| b == b'\n') {
@@ -77,6 +85,80 @@ pub fn hide_detail(name: &str, e: &mut CallError, tracebacks: Tracebacks) {
         let detail = std::mem::take(&mut e.detail);
         tracing::warn!(function = name, error = %e.line, detail = ?detail, "call failed");
     }
+}
+
+/// A checked function reply as the response.
+pub fn function(reply: Reply) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
+    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let h = resp.headers_mut();
+    for (k, v) in &reply.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::try_from(k.as_str()),
+            HeaderValue::try_from(v.as_str()),
+        ) {
+            h.append(k, v);
+        }
+    }
+    resp
+}
+
+/// A package (`.tar.gz`) as the response.
+pub fn package(bytes: Vec<u8>) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/gzip"));
+    r
+}
+
+/// 204, no body.
+pub fn no_content() -> Resp {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+/// A call error as a response: its status, its line, then its detail.
+pub fn error_response(e: CallError) -> Resp {
+    let mut body = e.line;
+    body.push('\n');
+    if !e.detail.is_empty() {
+        body.push_str(&e.detail);
+        if !body.ends_with('\n') {
+            body.push('\n');
+        }
+    }
+    let mut r = plain(
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body,
+    );
+    if let Some(allow) = e.allow.and_then(|a| HeaderValue::try_from(a).ok()) {
+        r.headers_mut().insert(ALLOW, allow);
+    }
+    r
+}
+
+/// `line` and a newline, as `text/plain`.
+pub fn text(status: StatusCode, line: &str) -> Resp {
+    plain(status, format!("{line}\n"))
+}
+
+fn plain(status: StatusCode, body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+pub fn json(status: StatusCode, body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 #[cfg(test)]
@@ -114,7 +196,7 @@ mod tests {
     fn log_mode_keeps_the_first_line_only() {
         let reply = Reply {
             status: 500,
-            headers: vec![(TRACEBACK_MARK.into(), "1".into())],
+            headers: vec![(X_OL_TRACEBACK.into(), "1".into())],
             body: b"function f raised E: x\nTraceback ...\n".to_vec(),
         };
         let r = check("f", reply, Tracebacks::Log).unwrap();

@@ -88,7 +88,7 @@ pub struct Zygote {
     ctl: Mutex<OwnedFd>,
     dead: AtomicBool,
     /// Its own process (removed when it dies or at shutdown).
-    pub(super) sandbox: tokio::sync::Mutex<Option<Box<dyn super::Sandbox>>>,
+    pub(super) sandbox: tokio::sync::Mutex<Option<Box<dyn crate::sandbox::Sandbox>>>,
 }
 
 impl Zygote {
@@ -96,7 +96,7 @@ impl Zygote {
         id: String,
         keys: BTreeSet<String>,
         ctl: OwnedFd,
-        sandbox: Box<dyn super::Sandbox>,
+        sandbox: Box<dyn crate::sandbox::Sandbox>,
     ) -> Zygote {
         Zygote {
             keys,

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use tonic::Status;
 
-use crate::registry::Registry;
+use crate::code::registry::Registry;
 
 struct Snapshot {
     services: HashMap<String, String>,

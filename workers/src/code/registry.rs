@@ -258,7 +258,7 @@ impl Registry {
         }
         let config = read_function_config(&dir)?;
         // A gRPC binding's protos are compiled at load (and cached for calls).
-        crate::grpc::protos::load(name, &dir, &config)?;
+        super::protos::load(name, &dir, &config)?;
         let code = Arc::new(CodeVersion {
             name: name.to_string(),
             version: version.to_string(),
@@ -386,7 +386,7 @@ impl Registry {
             let check = self.tmp_dir("upload");
             let res = archive::unpack(bytes, &check, self.max_unpacked())
                 .map_err(|e| e.to_string())
-                .and_then(|()| crate::grpc::protos::check(&check, &cfg));
+                .and_then(|()| super::protos::check(&check, &cfg));
             let _ = fs::remove_dir_all(&check);
             res?;
         }

@@ -1,0 +1,8 @@
+//! The code a worker runs, below everything that runs it: the registry
+//! (the code store client and the unpacked versions), the protos of
+//! gRPC bindings (compiled when a version is loaded or uploaded) and the
+//! package store (pinned `requirements.txt` packages).
+
+pub mod packages;
+pub mod protos;
+pub mod registry;

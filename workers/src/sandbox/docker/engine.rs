@@ -1,0 +1,123 @@
+//! The engine: connecting to it, its errors as one line, the image tag,
+//! and removing this worker's containers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
+use bollard::Docker;
+use sha2::{Digest, Sha256};
+
+/// The image build script; its text is part of the image tag.
+pub const BUILD_SH: &str = include_str!("../../../image/build.sh");
+
+/// Label naming the worker that owns a container.
+pub const WORKER_LABEL: &str = "ol-edge.worker";
+
+/// The tag `workers/image/build.sh` gives the image for this worker's
+/// runtime: `ol-edge/runtime:<12 hex of sha256(ol_runtime.py, build.sh)>`.
+pub fn default_image() -> String {
+    let mut h = Sha256::new();
+    h.update(crate::runtime::RUNTIME_PY.as_bytes());
+    h.update(BUILD_SH.as_bytes());
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("ol-edge/runtime:{}", &hex[..12])
+}
+
+/// One line out of a bollard error (the engine's message when it sent one).
+pub fn one_line(e: &bollard::errors::Error) -> String {
+    let mut s = match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    // Transport errors say what failed only in their sources.
+    let mut src = std::error::Error::source(e);
+    while let Some(cause) = src {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s = format!("{s}: {c}");
+        }
+        src = cause.source();
+    }
+    crate::text::one_line(&s)
+}
+
+pub fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// Connects to the local engine (`DOCKER_HOST=unix://...` or the default
+/// socket) and checks that it answers. Errors are one line.
+pub async fn connect() -> anyhow::Result<Docker> {
+    if let Ok(h) = std::env::var("DOCKER_HOST") {
+        if !h.is_empty() && !h.starts_with("unix://") {
+            anyhow::bail!(
+                "DOCKER_HOST={h} is not a unix:// socket: the docker sandbox shares directories and sockets with its containers, so the engine must run on this host"
+            );
+        }
+    }
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map(|h| h.trim_start_matches("unix://").to_string())
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    let docker = Docker::connect_with_unix_defaults().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the Docker engine at {socket}: {}; start it (e.g. `dockerd &`) or use --sandbox process",
+            one_line(&e)
+        )
+    })?;
+    let docker = match tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+        .await
+    {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => anyhow::bail!(
+            "cannot reach the Docker engine at {socket}: {}; start it (e.g. `dockerd &`) or use --sandbox process",
+            one_line(&e)
+        ),
+        Err(_) => anyhow::bail!(
+            "cannot reach the Docker engine at {socket}: no answer within 10 s; check that dockerd is running or use --sandbox process"
+        ),
+    };
+    Ok(docker)
+}
+
+/// Force-removes a container (killing it if it runs); a missing one is fine.
+pub async fn remove_container(docker: &Docker, id: &str) {
+    let opts = RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    if let Err(e) = docker.remove_container(id, Some(opts)).await {
+        if !is_not_found(&e) {
+            tracing::warn!(container = id, error = %one_line(&e), "cannot remove container");
+        }
+    }
+}
+
+/// Removes every container carrying this worker's label; returns how many.
+pub async fn remove_labelled(docker: &Docker, label: &str) -> anyhow::Result<usize> {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{WORKER_LABEL}={label}")])]);
+    let list = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list containers: {}", one_line(&e)))?;
+    let removals = list.iter().filter_map(|c| c.id.clone()).map(|id| {
+        let docker = docker.clone();
+        async move { remove_container(&docker, &id).await }
+    });
+    let n = list.len();
+    futures_util::future::join_all(removals).await;
+    Ok(n)
+}
