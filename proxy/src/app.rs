@@ -48,7 +48,7 @@ impl ShutdownSignalWatch for Signals {
             _ = int.recv() => {}
             _ = quit.recv() => {}
         }
-        log::info!("signal received: draining for up to the shutdown grace");
+        tracing::info!("signal received: draining for up to the shutdown grace");
         ShutdownSignal::GracefulTerminate
     }
 }
@@ -69,12 +69,12 @@ pub fn run(plan: Plan) {
     let idle_keepalive_ms = cfg.timeouts.idle_keepalive_ms;
     let (nofile, fd_cap) = crate::conns::init(cfg.limits.keepalive_pool);
     if cfg.limits.max_connections > fd_cap {
-        log::warn!(
+        tracing::warn!(
             "limits.max_connections {} is more than the fd limit allows ({nofile} fds: {fd_cap} connections, each with its worker connection); using {fd_cap}",
             cfg.limits.max_connections
         );
     } else {
-        log::info!(
+        tracing::info!(
             "limits.max_connections {} ({nofile} fds allow {fd_cap})",
             cfg.limits.max_connections
         );
@@ -179,7 +179,7 @@ pub fn run(plan: Plan) {
         })
         .expect("spawn drain thread");
 
-    log::info!("ol-proxy listening on {listen} (HTTP/1.1 and h2c), admin on {admin_listen}");
+    tracing::info!("ol-proxy listening on {listen} (HTTP/1.1 and h2c), admin on {admin_listen}");
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals),
     });
@@ -197,9 +197,9 @@ fn drain_and_exit(grace: Duration) -> ! {
     }
     let left = IN_FLIGHT.load(Ordering::Relaxed);
     if left > 0 {
-        log::warn!("shutdown grace over with {left} request(s) in flight");
+        tracing::warn!("shutdown grace over with {left} request(s) in flight");
     } else {
-        log::info!("drained; exiting");
+        tracing::info!("drained; exiting");
     }
     local::stop_all(WORKER_STOP_GRACE);
     std::process::exit(0)

@@ -179,7 +179,7 @@ async fn refuse(mut stream: Stream, cap: usize) {
     let n = REFUSED.fetch_add(1, Ordering::Relaxed);
     // Log the first refusal and then one in 1000, not every one.
     if n.is_multiple_of(1000) {
-        log::warn!(
+        tracing::warn!(
             "public listener at limits.max_connections ({cap} open): refusing new connections ({} refused so far)",
             n + 1
         );
@@ -228,7 +228,7 @@ where
         match tokio::time::timeout(header, stream.try_peek(&mut preface)).await {
             Err(_) => {
                 HEAD_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
-                log::debug!("request head not received within {header_ms} ms; closing");
+                tracing::debug!("request head not received within {header_ms} ms; closing");
                 return None;
             }
             Ok(Err(_)) => return None,
@@ -248,7 +248,7 @@ where
             r = work => r,
             _ = watchdog(&clock) => {
                 HEAD_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
-                log::debug!("request head not complete in time (header_read_ms {header_ms}); closing");
+                tracing::debug!("request head not complete in time (header_read_ms {header_ms}); closing");
                 None
             }
         }

@@ -3,6 +3,7 @@
 //! starts local workers if configured, and runs the pingora server. With
 //! no `--config`, the embedded quickstart config is used.
 
+use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,7 +39,16 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // RUST_LOG as for the worker (default info); pingora's `log` records
+    // come through the same subscriber. Colour only on a terminal.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let cli = Cli::parse();
     let (name, text) = match &cli.config {
         Some(p) => match std::fs::read_to_string(p) {

@@ -336,7 +336,7 @@ fn finish(
     };
     if o.ok {
         RELOADS_OK.fetch_add(1, Ordering::Relaxed);
-        log::info!(
+        tracing::info!(
             "reload ({trigger}): ok: config {} version {:?}, {} worker(s), {} experiment(s), {:.1} ms",
             o.hash,
             o.version,
@@ -345,11 +345,11 @@ fn finish(
             o.duration_ms
         );
         for n in &o.restart_required {
-            log::warn!("reload ({trigger}): {n}");
+            tracing::warn!("reload ({trigger}): {n}");
         }
     } else {
         RELOADS_FAILED.fetch_add(1, Ordering::Relaxed);
-        log::error!(
+        tracing::error!(
             "reload ({trigger}): refused, keeping config {}: {}",
             o.hash,
             o.error.as_deref().unwrap_or("")
@@ -372,7 +372,7 @@ pub fn watch_sighup(state: Arc<State>) {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    log::error!("reload: no runtime for SIGHUP: {e}");
+                    tracing::error!("reload: no runtime for SIGHUP: {e}");
                     return;
                 }
             };
@@ -381,7 +381,7 @@ pub fn watch_sighup(state: Arc<State>) {
                 let mut hup = match signal(SignalKind::hangup()) {
                     Ok(h) => h,
                     Err(e) => {
-                        log::error!("reload: cannot handle SIGHUP: {e}");
+                        tracing::error!("reload: cannot handle SIGHUP: {e}");
                         return;
                     }
                 };

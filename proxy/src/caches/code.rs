@@ -25,21 +25,15 @@
 //!   workers pack it) or an http(s) URL serving the same API.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use codestore::client::Store;
 use config::proxy::CodeStoreConfig;
 
 use super::package::{check_package, describe, FnPackage};
-
-#[derive(Debug)]
-enum Backing {
-    Dir(PathBuf),
-    Http(String),
-}
 
 /// Counters for `/metrics`.
 #[derive(Default)]
@@ -54,7 +48,9 @@ pub struct StoreStats {
 
 /// The function cache in front of one backing store.
 pub struct CodeStore {
-    backing: Backing,
+    /// The backing store (`codestore::client`, the client workers use too),
+    /// shared with the blocking threads that call it.
+    backing: Arc<Store>,
     /// `code_store.token`: required from callers, sent to an HTTP backing.
     pub(super) token: String,
     pub(super) max_upload: usize,
@@ -70,18 +66,8 @@ pub struct StoreError(pub String);
 
 impl CodeStore {
     pub fn new(cfg: &CodeStoreConfig) -> Result<CodeStore, String> {
-        let b = cfg.backing.trim();
-        let backing = if b.starts_with("http://") || b.starts_with("https://") {
-            Backing::Http(b.trim_end_matches('/').to_string())
-        } else {
-            let p = PathBuf::from(b);
-            if !p.is_dir() {
-                return Err(format!(
-                    "code_store.backing: {b:?} is neither a directory nor an http(s) URL"
-                ));
-            }
-            Backing::Dir(p.canonicalize().map_err(|e| e.to_string())?)
-        };
+        let backing = Store::open(cfg.backing.trim(), &cfg.token)
+            .map_err(|e| format!("code_store.backing: {e}"))?;
         let cache = moka::future::Cache::builder()
             .max_capacity(cfg.max_bytes)
             .weigher(|_k: &String, v: &Option<Arc<FnPackage>>| {
@@ -90,17 +76,13 @@ impl CodeStore {
             .time_to_live(Duration::from_millis(cfg.ttl_ms))
             .build();
         Ok(CodeStore {
-            backing,
+            backing: Arc::new(backing),
             token: cfg.token.clone(),
             max_upload: cfg.max_upload_bytes,
             cache,
             seen: Mutex::new(HashMap::new()),
             stats: StoreStats::default(),
         })
-    }
-
-    fn bearer(&self) -> String {
-        format!("Bearer {}", self.token)
     }
 
     /// Cached entries and their weighed bytes.
@@ -157,155 +139,51 @@ impl CodeStore {
         Ok(Some(Arc::new(pkg)))
     }
 
-    /// The package bytes from the backing store.
+    /// The package bytes from the backing store (an HTTP one's read up to
+    /// the upload limit).
     async fn fetch(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
         let limit = self.max_upload as u64;
-        match &self.backing {
-            Backing::Dir(root) => {
-                let root = root.clone();
-                let name = name.to_string();
-                blocking(move || read_dir_package(&root, &name)).await
-            }
-            Backing::Http(base) => {
-                let url = format!("{base}/{name}.tar.gz");
-                let auth = self.bearer();
-                blocking(
-                    move || match ureq::get(&url).header("authorization", &auth).call() {
-                        Ok(mut r) => r
-                            .body_mut()
-                            .with_config()
-                            .limit(limit)
-                            .read_to_vec()
-                            .map(|v| Some(Bytes::from(v)))
-                            .map_err(|e| StoreError(format!("GET {url}: {e}"))),
-                        Err(ureq::Error::StatusCode(404)) => Ok(None),
-                        Err(e) => Err(StoreError(format!("GET {url}: {e}"))),
-                    },
-                )
-                .await
-            }
-        }
+        let name = name.to_string();
+        self.blocking(move |s| s.fetch(&name, limit).map(|b| b.map(Bytes::from)))
+            .await
     }
 
     pub(super) async fn list(&self) -> Result<Vec<String>, StoreError> {
-        match &self.backing {
-            Backing::Dir(root) => {
-                let root = root.clone();
-                blocking(move || codestore::dir::list(&root).map_err(|e| StoreError(e.to_string())))
-                    .await
-            }
-            Backing::Http(base) => {
-                let url = format!("{base}/");
-                let auth = self.bearer();
-                blocking(move || {
-                    let text = ureq::get(&url)
-                        .header("authorization", &auth)
-                        .call()
-                        .and_then(|mut r| r.body_mut().read_to_string())
-                        .map_err(|e| StoreError(format!("GET {url}: {e}")))?;
-                    serde_json::from_str(&text).map_err(|e| StoreError(format!("GET {url}: {e}")))
-                })
-                .await
-            }
-        }
+        self.blocking(|s| s.list()).await
     }
 
+    /// Checks an upload with the workers' rules, then stores it; the
+    /// status and one-line text to answer.
     pub(super) async fn upload(&self, name: &str, bytes: Bytes) -> (u16, String) {
         let name = name.to_string();
         let max_unpacked = self.max_upload as u64 * 10;
-        let r = match &self.backing {
-            Backing::Dir(root) => {
-                let root = root.clone();
-                blocking(move || {
-                    if let Err(e) = check_package(&bytes, max_unpacked) {
-                        return Ok((400, format!("refused upload of {name}: {e}")));
-                    }
-                    codestore::dir::install(&root, &name, &bytes)
-                        .map(|()| (201, format!("installed {name}")))
-                        .map_err(|e| StoreError(e.to_string()))
-                })
-                .await
-            }
-            Backing::Http(base) => {
-                let url = format!("{base}/{name}");
-                let auth = self.bearer();
-                blocking(move || {
-                    if let Err(e) = check_package(&bytes, max_unpacked) {
-                        return Ok((400, format!("refused upload of {name}: {e}")));
-                    }
-                    passed_on(
-                        ureq::post(&url)
-                            .header("authorization", &auth)
-                            .config()
-                            .http_status_as_error(false)
-                            .build()
-                            .send(&bytes[..]),
-                        &url,
-                    )
-                })
-                .await
-            }
-        };
+        let r = self
+            .blocking(move |s| {
+                if let Err(e) = check_package(&bytes, max_unpacked) {
+                    return Ok((400, format!("refused upload of {name}: {e}")));
+                }
+                s.upload(&name, &bytes).map(|a| (a.status, a.text))
+            })
+            .await;
         r.unwrap_or_else(|e| (502, format!("code store: {}", e.0)))
     }
 
     pub(super) async fn delete(&self, name: &str) -> (u16, String) {
         let name = name.to_string();
-        let r = match &self.backing {
-            Backing::Dir(root) => {
-                let root = root.clone();
-                blocking(move || match codestore::dir::delete(&root, &name) {
-                    Ok(true) => Ok((204, String::new())),
-                    Ok(false) => Ok((404, format!("no function named {name:?} in the code store"))),
-                    Err(e) => Err(StoreError(e.to_string())),
-                })
-                .await
-            }
-            Backing::Http(base) => {
-                let url = format!("{base}/{name}");
-                let auth = self.bearer();
-                blocking(move || {
-                    passed_on(
-                        ureq::delete(&url)
-                            .header("authorization", &auth)
-                            .config()
-                            .http_status_as_error(false)
-                            .build()
-                            .call(),
-                        &url,
-                    )
-                })
-                .await
-            }
-        };
+        let r = self
+            .blocking(move |s| s.delete(&name).map(|a| (a.status, a.text)))
+            .await;
         r.unwrap_or_else(|e| (502, format!("code store: {}", e.0)))
     }
-}
 
-fn passed_on(
-    r: Result<http::Response<ureq::Body>, ureq::Error>,
-    url: &str,
-) -> Result<(u16, String), StoreError> {
-    match r {
-        Ok(mut resp) => {
-            let status = resp.status().as_u16();
-            let text = resp.body_mut().read_to_string().unwrap_or_default();
-            Ok((status, text))
-        }
-        Err(e) => Err(StoreError(format!("{url}: {e}"))),
+    /// Runs a call of the (blocking) store client off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.backing.clone();
+        tokio::task::spawn_blocking(move || f(&store).map_err(StoreError))
+            .await
+            .map_err(|e| StoreError(e.to_string()))?
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError(e.to_string()))?
-}
-
-fn read_dir_package(root: &Path, name: &str) -> Result<Option<Bytes>, StoreError> {
-    codestore::dir::fetch(root, name)
-        .map(|b| b.map(Bytes::from))
-        .map_err(|e| StoreError(e.to_string()))
 }

@@ -70,10 +70,7 @@ impl CodeStore {
                     r
                 }
                 Ok(Some(p)) => reply(On, 200, "application/json", p.config_json.to_vec()),
-                Ok(None) => {
-                    let msg = format!("no function named {name:?} in the code store");
-                    reply_line(On, 404, &msg)
-                }
+                Ok(None) => reply_line(On, 404, &codestore::client::not_found(&name)),
                 Err(e) => reply_line(On, 502, &format!("code store: {}", e.0)),
             },
             ("POST" | "PUT", "") => {

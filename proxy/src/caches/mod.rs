@@ -126,7 +126,7 @@ impl Caches {
         let pkg = match code.get(name).await {
             Ok(p) => p,
             Err(e) => {
-                log::warn!("function cache: {name}: {}", e.0);
+                tracing::warn!("function cache: {name}: {}", e.0);
                 None
             }
         };

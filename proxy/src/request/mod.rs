@@ -128,7 +128,7 @@ impl ProxyHttp for OlProxy {
                     let w = &snap.workers[i];
                     if let Some(now) = w.record_check(false, h.rise, h.fall) {
                         snap.routing.table.set_healthy(i, now);
-                        log::info!("worker {} is now unhealthy (connect failed)", w.addr);
+                        tracing::info!("worker {} is now unhealthy (connect failed)", w.addr);
                     }
                 }
             }
@@ -225,7 +225,7 @@ impl ProxyHttp for OlProxy {
             session.set_keepalive(None);
         } else if code > 0 {
             if let Err(we) = answer::text(session, ctx.served(), code, &reason, false).await {
-                log::debug!("cannot send error response: {we}");
+                tracing::debug!("cannot send error response: {we}");
             }
         }
         FailToProxy {

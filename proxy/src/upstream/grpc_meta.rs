@@ -88,7 +88,7 @@ async fn fetch(addr: SocketAddr, path: &str) -> Option<Vec<u8>> {
         Some((200, body)) => Some(body),
         other => {
             let why = other.map_or("no answer".to_string(), |(s, _)| format!("status {s}"));
-            log::warn!("cannot read {path} from worker {addr}: {why}");
+            tracing::warn!("cannot read {path} from worker {addr}: {why}");
             None
         }
     }
@@ -176,12 +176,12 @@ async fn resolve_by_name(
                 }
                 Err(e) => {
                     hold = TTL;
-                    log::warn!("policy key {{ protobuf = {key:?} }} for {grpc_path}: {e}");
+                    tracing::warn!("policy key {{ protobuf = {key:?} }} for {grpc_path}: {e}");
                     None
                 }
             },
             Err(e) => {
-                log::warn!(
+                tracing::warn!(
                     "worker {addr} served descriptors for {service} that do not decode: {e}"
                 );
                 continue;

@@ -56,7 +56,7 @@ impl Background {
             async move {
                 let ok = check.check(w.addr, timeout).await;
                 if let Some(now) = w.record_check(ok, rise, fall) {
-                    log::info!(
+                    tracing::info!(
                         "worker {} is now {}",
                         w.addr,
                         if now { "healthy" } else { "unhealthy" }
@@ -88,7 +88,7 @@ impl Background {
                 tokio::spawn(async move {
                     match http_get(w.addr, "/stats", timeout, 64 << 10).await {
                         Some((200, body)) if w.reported.update(&body) => {}
-                        _ => log::debug!("worker {}: no /stats this round", w.addr),
+                        _ => tracing::debug!("worker {}: no /stats this round", w.addr),
                     }
                 })
             })
@@ -106,14 +106,14 @@ impl Background {
         }
         match resolve(&name).await {
             Some(addrs) if addrs != *last => {
-                log::info!("workers.dns {name} resolves to {addrs:?}");
+                tracing::info!("workers.dns {name} resolves to {addrs:?}");
                 let cur = self.state.snap.load_full();
                 match cur.with_dns(&addrs) {
                     Ok(s) => {
                         self.state.snap.store(Arc::new(s));
                         *last = addrs;
                     }
-                    Err(e) => log::warn!(
+                    Err(e) => tracing::warn!(
                         "workers.dns: cannot use {addrs:?}: {}: {}",
                         e.field,
                         e.reason
@@ -121,7 +121,7 @@ impl Background {
                 }
             }
             Some(_) => {}
-            None => log::warn!("workers.dns {name} does not resolve; keeping the last answer"),
+            None => tracing::warn!("workers.dns {name} does not resolve; keeping the last answer"),
         }
     }
 }

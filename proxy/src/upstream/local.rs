@@ -97,7 +97,7 @@ pub fn start(cfg: &LocalWorkersConfig, registry_token: &str) -> Result<Vec<Socke
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        log::info!(
+        tracing::info!(
             "local worker {i}: {} pid {} on {addr}",
             bin.display(),
             child.id()
