@@ -6,6 +6,8 @@
 #   DURATION=5 CONNS=32 bench/proxy.sh
 #   RUNS=fixed bench/proxy.sh      # only the fixed-response run
 #   ROUNDS=3 KEEP=1 bench/proxy.sh # more rounds; keep logs and configs
+#   BASELINE=/tmp/ol-proxy-old bench/proxy.sh  # also an older ol-proxy build,
+#                                  # same config, measured in the same rounds
 #
 # Run 1 ("fixed"): upstream = nginx `return 200` on a loopback port; wrk
 # (CONNS connections, DURATION s each) through ol-proxy (name inspection of
@@ -126,6 +128,12 @@ interval_ms = 1000
 default_policy = "least-load"
 EOF
   RUST_LOG=warn "$BIN/ol-proxy" --config "$TMP/olp.toml" 2>"$TMP/olp.log" & PIDS+=($!); OLP_PID=$!
+  if [ -n "${BASELINE:-}" ]; then
+    OLB=$(free_port); OLBA=$(free_port)
+    sed -e "s/127.0.0.1:$OLP\"/127.0.0.1:$OLB\"/" -e "s/127.0.0.1:$OLA\"/127.0.0.1:$OLBA\"/" "$TMP/olp.toml" >"$TMP/olb.toml"
+    RUST_LOG=warn "$BASELINE" --config "$TMP/olb.toml" 2>"$TMP/olb.log" & PIDS+=($!); OLB_PID=$!
+    alive "$OLB_PID" "$TMP/olb.log"
+  fi
   "$BIN/bare-pingora" --listen "127.0.0.1:$BARE" --upstream "127.0.0.1:$UP" --threads 1 2>"$TMP/bare.log" & PIDS+=($!); BARE_PID=$!
   alive "$OLP_PID" "$TMP/olp.log"; alive "$BARE_PID" "$TMP/bare.log"
 
@@ -178,9 +186,18 @@ EOF
   curl -s -D - -o /dev/null "http://127.0.0.1:$OLP/run/hello" | grep -qi '^x-ol-policy' \
     || { echo "bench: ol-proxy does not answer with x-ol-policy" >&2; cat "$TMP/olp.log" >&2; exit 1; }
   NGX_PIDS="$NGX_MASTER $(pgrep -P "$NGX_MASTER" | tr '\n' ' ')"
+  if [ -n "${BASELINE:-}" ]; then
+    for _ in $(seq 1 100); do
+      curl -sf -o /dev/null "http://127.0.0.1:$OLB/run/hello" && break
+      sleep 0.05
+    done
+  fi
 
   for _ in $(seq 1 "$ROUNDS"); do
     measure "ol-proxy" "http://127.0.0.1:$OLP/run/hello" "$OLP_PID"
+    if [ -n "${BASELINE:-}" ]; then
+      measure "ol-proxy baseline ($(basename "$BASELINE"))" "http://127.0.0.1:$OLB/run/hello" "$OLB_PID"
+    fi
     measure "bare pingora" "http://127.0.0.1:$BARE/run/hello" "$BARE_PID"
     measure "nginx" "http://127.0.0.1:$NGX/run/hello" "$NGX_PIDS"
     measure "HAProxy" "http://127.0.0.1:$HAP/run/hello" "$HAP_PID"
@@ -195,6 +212,10 @@ EOF
   echo
   o=$(cpu_of "ol-proxy")
   echo "ol-proxy CPU per request: $(ratio "$o" "$(cpu_of "bare pingora")")x bare pingora (target <= 1.15), $(ratio "$o" "$(cpu_of nginx)")x nginx (target <= 1.5), $(ratio "$o" "$(cpu_of HAProxy)")x HAProxy"
+  if [ -n "${BASELINE:-}" ]; then
+    b=$(cpu_of "ol-proxy baseline ($(basename "$BASELINE"))")
+    echo "baseline $(basename "$BASELINE"): $(ratio "$b" "$(cpu_of "bare pingora")")x bare pingora; ol-proxy / baseline: $(ratio "$o" "$b")x"
+  fi
   RESULTS=()
 fi
 

@@ -67,12 +67,34 @@ impl Invalid {
 }
 
 /// A message folded onto one line: the form of every error ol-edge writes
-/// (a reply body, a log line, a gRPC message). Multi-line parser messages
-/// (toml, yaml) lose their blank lines and `|`/`^` marker lines.
+/// (a reply body, a log line, a gRPC message in a header). Multi-line
+/// parser messages (toml, yaml) lose their `|`/`^` marker lines; every run
+/// of white space, newlines included, becomes one space.
 pub fn one_line(s: &str) -> String {
-    s.split(['\n', '\r'])
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut out = String::with_capacity(s.len());
+    let lines = s
+        .lines()
+        .filter(|l| !l.chars().all(|c| c == '|' || c == '^' || c.is_whitespace()));
+    for word in lines.flat_map(str::split_whitespace) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn one_line_folds_lines_markers_and_runs_of_space() {
+        assert_eq!(one_line("a\n\n  b\r\n c  d\t"), "a b c d");
+        assert_eq!(
+            one_line("bad value\n  |\n1 | x = \n  |     ^\n"),
+            "bad value 1 | x ="
+        );
+        assert_eq!(one_line(""), "");
+    }
 }

@@ -39,6 +39,14 @@ pub fn is_platform(name: &str) -> bool {
         && name.as_bytes()[..X_OL_PREFIX.len()].eq_ignore_ascii_case(X_OL_PREFIX.as_bytes())
 }
 
+/// Whether a `content-type` is gRPC's (`application/grpc`, `+proto`,
+/// `;...`; not gRPC-Web): the test the proxy and the worker both route by.
+pub fn is_grpc_content_type(ct: &str) -> bool {
+    ct == "application/grpc"
+        || ct.starts_with("application/grpc+")
+        || ct.starts_with("application/grpc;")
+}
+
 /// How the instance that served a call was obtained (`start=` of
 /// `x-ol-timing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -232,6 +240,20 @@ mod tests {
         assert_eq!(Timing::parse("queue=x;start=warm"), None);
         assert_eq!(Timing::parse("queue=-1;start=warm"), None);
         assert_eq!(Timing::parse("queue=NaN;start=warm"), None);
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        for ct in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc; x=1",
+        ] {
+            assert!(is_grpc_content_type(ct), "{ct}");
+        }
+        for ct in ["application/grpc-web", "application/json", ""] {
+            assert!(!is_grpc_content_type(ct), "{ct}");
+        }
     }
 
     #[test]

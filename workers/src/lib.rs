@@ -11,7 +11,7 @@
 //! - `code`: the registry (code store client, unpacked versions), gRPC
 //!   protos, the package store; `runtime`: the protocol with
 //!   `ol_runtime.py`.
-//! - `stats`, `fsutil`, `text`: counters, file modes, one-line messages.
+//! - `stats`, `fsutil`: counters, file modes.
 //!
 //! Public: what `main.rs` wires together, and the generated gRPC clients
 //! (`pb`) the tests and the load driver use.
@@ -23,7 +23,6 @@ mod invoke;
 mod runtime;
 mod sandbox;
 mod stats;
-mod text;
 
 pub use code::registry::Registry;
 pub use front::grpc::pb;

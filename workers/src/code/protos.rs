@@ -93,7 +93,7 @@ pub fn compile(dir: &Path, g: &GrpcBinding) -> Result<Compiled, String> {
 /// `file:line:col: message` from a protox error, as far as it says.
 fn describe(dir: &Path, opened: &str, e: &protox::Error) -> String {
     let file = e.file().unwrap_or(opened).to_string();
-    let msg = crate::text::one_line(&e.to_string());
+    let msg = config::one_line(&e.to_string());
     let offset = e
         .labels()
         .and_then(|mut l| l.next())

@@ -33,11 +33,7 @@ pub fn is_grpc_call<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct == "application/grpc"
-                || ct.starts_with("application/grpc+")
-                || ct.starts_with("application/grpc;")
-        })
+        .is_some_and(config::wire::is_grpc_content_type)
 }
 
 /// `/grpc/` -> `Some("")`; `/grpc/<service>` -> `Some(service)`.
@@ -226,7 +222,7 @@ pub fn from_json(
             let shown = String::from_utf8_lossy(&json[..json.len().min(200)]).into_owned();
             Status::internal(format!(
                 "function {name} returned {}, which is not a {full}: {e}",
-                crate::text::one_line(&shown)
+                config::one_line(&shown)
             ))
         })
 }

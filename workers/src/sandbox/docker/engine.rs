@@ -39,7 +39,7 @@ pub fn one_line(e: &bollard::errors::Error) -> String {
         }
         src = cause.source();
     }
-    crate::text::one_line(&s)
+    config::one_line(&s)
 }
 
 pub fn is_not_found(e: &bollard::errors::Error) -> bool {
