@@ -39,11 +39,7 @@ pub fn is_call(req: &RequestHeader) -> bool {
     req.headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct == "application/grpc"
-                || ct.starts_with("application/grpc+")
-                || ct.starts_with("application/grpc;")
-        })
+        .is_some_and(config::wire::is_grpc_content_type)
 }
 
 /// `/<package>.<Service>/<Method>` -> the service.
