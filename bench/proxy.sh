@@ -236,6 +236,16 @@ interval_ms = 1000
 EOF
   RUST_LOG=warn "$BIN/ol-proxy" --config "$TMP/olp2.toml" 2>"$TMP/olp2.log" & PIDS+=($!); OLP2_PID=$!
   alive "$OLP2_PID" "$TMP/olp2.log"
+  if [ -n "${BASELINE:-}" ]; then
+    OLB2=$(free_port); OLBA2=$(free_port)
+    sed -e "s/127.0.0.1:$OLP2\"/127.0.0.1:$OLB2\"/" -e "s/127.0.0.1:$OLA2\"/127.0.0.1:$OLBA2\"/" "$TMP/olp2.toml" >"$TMP/olb2.toml"
+    RUST_LOG=warn "$BASELINE" --config "$TMP/olb2.toml" 2>"$TMP/olb2.log" & PIDS+=($!); OLB2_PID=$!
+    alive "$OLB2_PID" "$TMP/olb2.log"
+    for _ in $(seq 1 100); do
+      curl -sf -o /dev/null -d '{"name":"bench"}' "http://127.0.0.1:$OLB2/run/hello" && break
+      sleep 0.05
+    done
+  fi
   for _ in $(seq 1 100); do
     curl -sf -o /dev/null -d '{"name":"bench"}' "http://127.0.0.1:$OLP2/run/hello" && break
     sleep 0.05
@@ -247,10 +257,17 @@ wrk.headers["Content-Type"] = "application/json"
 EOF
   for _ in $(seq 1 "$ROUNDS"); do
     measure "hello via ol-proxy" "http://127.0.0.1:$OLP2/run/hello" "$OLP2_PID" -s "$TMP/post.lua"
+    if [ -n "${BASELINE:-}" ]; then
+      measure "hello via ol-proxy baseline ($(basename "$BASELINE"))" "http://127.0.0.1:$OLB2/run/hello" "$OLB2_PID" -s "$TMP/post.lua"
+    fi
     measure "hello direct to ol-worker (CPU is the worker's)" "http://127.0.0.1:$W/run/hello" "$W_PID" -s "$TMP/post.lua"
   done
   echo
   echo "### Run 2: \`hello\` on one real ol-worker (process sandbox), $CONNS connections, ${DURATION}s each, best of $ROUNDS rounds"
   echo
   table
+  if [ -n "${BASELINE:-}" ]; then
+    echo
+    echo "hello: ol-proxy / baseline $(basename "$BASELINE") CPU per request: $(ratio "$(cpu_of "hello via ol-proxy")" "$(cpu_of "hello via ol-proxy baseline ($(basename "$BASELINE"))")")x"
+  fi
 fi

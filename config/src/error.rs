@@ -67,21 +67,16 @@ impl Invalid {
 }
 
 /// A message folded onto one line: the form of every error ol-edge writes
-/// (a reply body, a log line, a gRPC message in a header). Multi-line
-/// parser messages (toml, yaml) lose their `|`/`^` marker lines; every run
-/// of white space, newlines included, becomes one space.
+/// (a reply body, a log line, a gRPC message in a header). Each line is
+/// trimmed and the lines joined with one space; blank lines and the `|`/`^`
+/// marker lines of parser messages (toml, yaml) are dropped. Spaces inside
+/// a line stay, so a quoted value is shown as it was.
 pub fn one_line(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let lines = s
-        .lines()
-        .filter(|l| !l.chars().all(|c| c == '|' || c == '^' || c.is_whitespace()));
-    for word in lines.flat_map(str::split_whitespace) {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word);
-    }
-    out
+    s.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.chars().all(|c| c == '|' || c == '^' || c.is_whitespace()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -90,7 +85,7 @@ mod tests {
 
     #[test]
     fn one_line_folds_lines_markers_and_runs_of_space() {
-        assert_eq!(one_line("a\n\n  b\r\n c  d\t"), "a b c d");
+        assert_eq!(one_line("a\n\n  b\r\n c  d\t"), "a b c  d");
         assert_eq!(
             one_line("bad value\n  |\n1 | x = \n  |     ^\n"),
             "bad value 1 | x ="

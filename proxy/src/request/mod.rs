@@ -186,11 +186,14 @@ impl ProxyHttp for OlProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.timing = resp
-            .headers
-            .get(X_OL_TIMING)
-            .and_then(|v| v.to_str().ok())
-            .and_then(Timing::parse);
+        // The worker's timing feeds experiments and the import index only.
+        if ctx.arm.is_some() || ctx.caches.function_hash != 0 {
+            ctx.timing = resp
+                .headers
+                .get(X_OL_TIMING)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Timing::parse);
+        }
         let worker = match (&ctx.snap, ctx.worker) {
             (Some(s), Some(i)) => s.workers.get(i),
             _ => None,
