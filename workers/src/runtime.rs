@@ -12,7 +12,10 @@
 //! - the environment every runtime starts with ([`base_env`]).
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -97,8 +100,10 @@ pub struct RuntimeConn {
 }
 
 impl RuntimeConn {
-    pub async fn connect(path: &Path) -> io::Result<Self> {
-        Ok(Self::new(UnixStream::connect(path).await?))
+    /// Connects to the runtime of an instance whose runtime runs as `uid`
+    /// ([`connect_own`]).
+    pub async fn connect(socket: &Path, uid: u32) -> io::Result<Self> {
+        Ok(Self::new(connect_own(socket, uid).await?))
     }
 
     pub fn new(stream: UnixStream) -> Self {
@@ -174,6 +179,75 @@ impl RuntimeConn {
     }
 }
 
+/// Connects to the runtime socket at `socket` without following anything
+/// the sandbox can write, and only to a runtime running as `uid`.
+///
+/// Why: the socket lies in the instance's scratch dir, which the function
+/// can write. Connecting by path, the worker (root) followed a symlink the
+/// function had put there, to another tenant's runtime or to any host
+/// socket. So the socket's directory (made by the worker, in a directory
+/// only the worker writes) is opened with `O_NOFOLLOW`, the socket itself
+/// as an `O_PATH | O_NOFOLLOW` fd (a symlink opens as the link and is
+/// refused), it must be a socket owned by `uid`, the connection is made
+/// through `/proc/self/fd/<fd>` (to the inode already checked: nothing can
+/// be swapped in between), and the listener on the other end must be `uid`
+/// (`SO_PEERCRED`). A function can then only ever reach itself.
+pub async fn connect_own(socket: &Path, uid: u32) -> io::Result<UnixStream> {
+    // No host path in the text: it reaches the client.
+    let refuse = |why: String| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("the runtime socket is refused: {why}"),
+        )
+    };
+    let (Some(dir), Some(name)) = (socket.parent(), socket.file_name()) else {
+        return Err(refuse("not a path to a socket".into()));
+    };
+    let dir = open_path(
+        libc::AT_FDCWD,
+        dir.as_os_str().as_bytes(),
+        libc::O_DIRECTORY,
+    )?;
+    let fd = open_path(dir.as_raw_fd(), name.as_bytes(), 0)?;
+    // SAFETY: `st` is written by fstat on success and read only then.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(refuse(
+            "not a socket (a link or a file put in its place)".into(),
+        ));
+    }
+    if st.st_uid != uid {
+        return Err(refuse(format!(
+            "owned by uid {}, not the instance's {uid}",
+            st.st_uid
+        )));
+    }
+    let stream = UnixStream::connect(format!("/proc/self/fd/{}", fd.as_raw_fd())).await?;
+    let peer = stream.peer_cred()?.uid();
+    if peer != uid {
+        return Err(refuse(format!(
+            "answered by uid {peer}, not the instance's {uid}"
+        )));
+    }
+    Ok(stream)
+}
+
+/// `openat(dirfd, path, O_PATH | O_NOFOLLOW | O_CLOEXEC | extra)`.
+fn open_path(dirfd: libc::c_int, path: &[u8], extra: libc::c_int) -> io::Result<OwnedFd> {
+    let c = CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC | extra;
+    // SAFETY: a valid C string; the fd is owned from here on.
+    let fd = unsafe { libc::openat(dirfd, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is not owned elsewhere.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +261,42 @@ mod tests {
         );
         assert_eq!(first_line(""), FirstLine::Other);
         assert_eq!(first_line("ready"), FirstLine::Other);
+    }
+
+    /// The hijack of issue 14: the function swaps its socket for a link to
+    /// another socket (another tenant's runtime, any host socket), or for
+    /// a file; the worker must reach none of them, and still reach a real
+    /// socket of the instance's own uid.
+    #[tokio::test]
+    async fn connects_only_to_the_instances_own_socket() {
+        let me = unsafe { libc::geteuid() };
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim.sock");
+        let _victim = std::os::unix::net::UnixListener::bind(&victim).unwrap();
+        let inst = t.path().join("inst");
+        std::fs::create_dir(&inst).unwrap();
+        let sock = inst.join("rt.sock");
+
+        std::os::unix::fs::symlink(&victim, &sock).unwrap();
+        let e = connect_own(&sock, me).await.unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert!(!e.to_string().contains(t.path().to_str().unwrap()), "{e}");
+        std::fs::remove_file(&sock).unwrap();
+
+        std::fs::write(&sock, b"x").unwrap();
+        assert!(connect_own(&sock, me).await.is_err());
+        std::fs::remove_file(&sock).unwrap();
+
+        // A link as the directory itself is refused too.
+        let linked = t.path().join("linked");
+        std::os::unix::fs::symlink(&inst, &linked).unwrap();
+        let _own = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert!(connect_own(&linked.join("rt.sock"), me).await.is_err());
+
+        connect_own(&sock, me)
+            .await
+            .expect("the instance's own socket");
+        let e = connect_own(&sock, me.wrapping_add(1)).await.unwrap_err();
+        assert!(e.to_string().contains("owned by uid"), "{e}");
     }
 }

@@ -173,8 +173,12 @@ impl std::fmt::Display for Exit {
 pub trait Sandbox: Send + Sync {
     fn id(&self) -> &str;
     fn state(&self) -> SandboxState;
-    /// Where the runtime listens: a unix socket path.
+    /// Where the runtime listens: a unix socket path, in a directory the
+    /// sandbox may write (so connect with `runtime::connect_own`).
     fn address(&self) -> &Path;
+    /// The uid the runtime runs as: its socket's owner and the only peer
+    /// the worker talks to.
+    fn runtime_uid(&self) -> u32;
     /// Starts the runtime and waits until it has loaded the function and
     /// listens; a function that fails to import gives `SandboxError::Load`.
     async fn start(&mut self) -> Result<(), SandboxError>;

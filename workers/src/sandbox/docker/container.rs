@@ -76,6 +76,7 @@ impl Containers {
             limits,
             start_timeout: self.start_timeout,
             uid,
+            runs_as: user_uid,
             log: Arc::new(Mutex::new(Vec::new())),
             state: SandboxState::Created,
             init: None,
@@ -210,6 +211,8 @@ pub struct DockerSandbox {
     start_timeout: Duration,
     /// The container's own uid (root worker only), back to the pool on drop.
     uid: Option<Uid>,
+    /// The uid its processes run as (its own, or the worker's).
+    pub(super) runs_as: u32,
     /// The tail of the runtime's stderr.
     log: Arc<Mutex<Vec<u8>>>,
     state: SandboxState,
@@ -341,6 +344,10 @@ impl Sandbox for DockerSandbox {
 
     fn address(&self) -> &Path {
         &self.socket
+    }
+
+    fn runtime_uid(&self) -> u32 {
+        self.runs_as
     }
 
     async fn start(&mut self) -> Result<(), SandboxError> {

@@ -92,7 +92,7 @@ impl Pool {
                             // Hold the runtime's first connection from now
                             // on: if the worker dies, the runtime sees it
                             // close and the container exits.
-                            match tokio::net::UnixStream::connect(&sb.socket).await {
+                            match crate::runtime::connect_own(&sb.socket, sb.runs_as).await {
                                 Ok(c) => {
                                     sb.pool_conn = Some(c);
                                     me.ready.lock().unwrap().push(sb);

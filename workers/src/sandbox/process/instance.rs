@@ -366,6 +366,11 @@ impl Sandbox for ProcessSandbox {
         &self.socket
     }
 
+    fn runtime_uid(&self) -> u32 {
+        // Without a uid of its own it runs as the worker.
+        self.uid().unwrap_or_else(|| unsafe { libc::geteuid() })
+    }
+
     async fn start(&mut self) -> Result<(), SandboxError> {
         if let Kind::Forked(z) = &self.kind {
             match self.start_forked(z.clone()).await {
