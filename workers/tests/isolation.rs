@@ -107,3 +107,50 @@ def f(event):
     // The worker stays healthy for the functions that behave.
     assert_eq!(w.post("/run/hello", b"{}").status, 200);
 }
+
+/// Two workers started with the same defaults on one host (the
+/// quickstart's two, or two by hand) used to lease the same uids, so a
+/// function on one could read and kill the other's instances. Now each
+/// claims its own range: their instances' uids differ and a function on
+/// one cannot signal an instance of the other.
+#[test]
+fn two_workers_with_defaults_never_share_a_uid() {
+    if !common::is_root() {
+        eprintln!(
+            "SKIPPED two_workers_with_defaults_never_share_a_uid: needs root (a uid per instance)"
+        );
+        return;
+    }
+    let a = Worker::start(Options::default());
+    let b = Worker::start(Options::default());
+    let who = [(
+        "f.py",
+        "import os, time\n\ndef f(event):\n    return {\"uid\": os.getuid(), \"pid\": os.getpid()}\n",
+    )];
+    add(&a, "who", &who);
+    add(&b, "who", &who);
+    let id = |w: &Worker| -> (u64, u64) {
+        let r = w.post("/run/who", b"{}");
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        (v["uid"].as_u64().unwrap(), v["pid"].as_u64().unwrap())
+    };
+    let (uid_a, _) = id(&a);
+    let (uid_b, pid_b) = id(&b);
+    assert_ne!(uid_a, uid_b, "both workers leased uid {uid_a}");
+    add(
+        &a,
+        "signal",
+        &[(
+            "f.py",
+            "import os\n\ndef f(event):\n    try:\n        os.kill(event[\"pid\"], 0)\n        return \"reached\"\n    except PermissionError:\n        return \"denied\"\n    except ProcessLookupError:\n        return \"gone\"\n",
+        )],
+    );
+    let r = a.post("/run/signal", format!("{{\"pid\": {pid_b}}}").as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("denied"),
+        "worker a's function could signal b's instance: {}",
+        r.body
+    );
+}

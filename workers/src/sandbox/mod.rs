@@ -27,19 +27,81 @@ use crate::code::registry::CodeVersion;
 /// The unprivileged uids handlers run as, one per live instance, when the
 /// worker is root (no passwd entries needed). Shared by every backend.
 #[derive(Clone)]
-pub struct UidPool(Arc<Mutex<Vec<u32>>>);
+pub struct UidPool(Arc<PoolInner>);
+
+struct PoolInner {
+    free: Mutex<Vec<u32>>,
+    /// `[first, end)` of the range this worker claimed.
+    range: (u32, u32),
+    /// The claim: a lock on bytes `[first, end)` of the host's lock file,
+    /// held for the worker's life; the kernel drops it when the process
+    /// ends, however it ends.
+    _lock: std::fs::File,
+}
+
+/// The file in which the workers of one host claim their uid ranges (root
+/// only): a worker's range is a byte-range lock on the same offsets (an
+/// open-file-description lock), so claims of any base and size never
+/// share a uid.
+pub const UID_LOCK_FILE: &str = "/run/ol-edge/uids.lock";
+/// Ranges past the configured one a worker tries before giving up.
+const UID_RANGE_TRIES: u64 = 64;
 
 impl UidPool {
-    pub fn new(users: &config::worker::SandboxUserConfig) -> UidPool {
-        let free = (users.uid_base..users.uid_base + users.uid_count)
-            .rev()
-            .collect();
-        UidPool(Arc::new(Mutex::new(free)))
+    /// Claims `uid_count` uids that no other live worker on this host holds:
+    /// the configured range if it is free, else the next whole range up
+    /// (`uid_base + k * uid_count`). Two workers started with the same
+    /// defaults (the quickstart's two, or two by hand) thus never lease the
+    /// same uid, and cannot read or signal each other's instances.
+    pub fn claim(users: &config::worker::SandboxUserConfig) -> std::io::Result<UidPool> {
+        Self::claim_in(std::path::Path::new(UID_LOCK_FILE), users)
+    }
+
+    fn claim_in(
+        file: &std::path::Path,
+        users: &config::worker::SandboxUserConfig,
+    ) -> std::io::Result<UidPool> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(file)?;
+        let count = u64::from(users.uid_count.max(1));
+        for k in 0..UID_RANGE_TRIES {
+            let first = u64::from(users.uid_base) + k * count;
+            let end = first + count;
+            if end > u64::from(u32::MAX) {
+                break;
+            }
+            if lock_range(&lock, first, count)? {
+                let (first, end) = (first as u32, end as u32);
+                return Ok(UidPool(Arc::new(PoolInner {
+                    free: Mutex::new((first..end).rev().collect()),
+                    range: (first, end),
+                    _lock: lock,
+                })));
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "no free range of {count} sandbox uids from {}: other workers on this host hold {UID_RANGE_TRIES} ranges ({})",
+            users.uid_base,
+            file.display()
+        )))
+    }
+
+    /// `[first, end)` of this worker's uids.
+    pub fn range(&self) -> (u32, u32) {
+        self.0.range
     }
 
     /// A uid for one sandbox, back in the pool when the `Uid` is dropped.
     pub fn take(&self) -> Result<Uid, SandboxError> {
-        let id = self.0.lock().unwrap().pop();
+        let id = self.0.free.lock().unwrap().pop();
         let id = id.ok_or_else(|| SandboxError::Setup("no free sandbox uid".into()))?;
         Ok(Uid {
             id,
@@ -49,7 +111,28 @@ impl UidPool {
 
     /// The uid `take` would give next, without taking it.
     pub fn peek(&self) -> Option<u32> {
-        self.0.lock().unwrap().last().copied()
+        self.0.free.lock().unwrap().last().copied()
+    }
+}
+
+/// An exclusive open-file-description lock on bytes `[first, first + len)`
+/// of `f`; `false` when another holder has any of them.
+fn lock_range(f: &std::fs::File, first: u64, len: u64) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed flock is valid; the fields set are the lock's.
+    let mut l: libc::flock = unsafe { std::mem::zeroed() };
+    l.l_type = libc::F_WRLCK as libc::c_short;
+    l.l_whence = libc::SEEK_SET as libc::c_short;
+    l.l_start = first as libc::off_t;
+    l.l_len = len as libc::off_t;
+    // SAFETY: fcntl on a file we own, with a valid flock.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &l) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(e),
     }
 }
 
@@ -67,7 +150,7 @@ impl Uid {
 
 impl Drop for Uid {
     fn drop(&mut self) {
-        self.pool.0.lock().unwrap().push(self.id);
+        self.pool.0.free.lock().unwrap().push(self.id);
     }
 }
 
@@ -213,4 +296,36 @@ pub trait SandboxManager: Send + Sync {
     fn describe(&self) -> String;
     /// Removes what the backend left behind at exit.
     async fn shutdown(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use config::worker::SandboxUserConfig;
+
+    #[test]
+    fn claims_never_overlap_and_end_with_their_holder() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("uids.lock");
+        let users = SandboxUserConfig {
+            uid_base: 300_000,
+            uid_count: 1000,
+        };
+        let a = UidPool::claim_in(&file, &users).unwrap();
+        let b = UidPool::claim_in(&file, &users).unwrap();
+        assert_eq!(a.range(), (300_000, 301_000));
+        assert_eq!(b.range(), (301_000, 302_000), "the next whole range");
+        // A range of another size that would overlap both is moved past them.
+        let wide = SandboxUserConfig {
+            uid_base: 300_500,
+            uid_count: 1000,
+        };
+        let c = UidPool::claim_in(&file, &wide).unwrap();
+        assert_eq!(c.range(), (302_500, 303_500), "past both, whole ranges up");
+        drop(a);
+        let again = UidPool::claim_in(&file, &users).unwrap();
+        assert_eq!(again.range(), (300_000, 301_000), "freed with its holder");
+        let u = again.take().unwrap();
+        assert_eq!(u.get(), 300_000);
+    }
 }

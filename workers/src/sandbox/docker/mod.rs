@@ -111,7 +111,10 @@ impl DockerManager {
             format!("ol-edge-{:02x}{:02x}{:02x}", h[0], h[1], h[2])
         };
         let root = unsafe { libc::geteuid() } == 0;
-        let uids = root.then(|| UidPool::new(&cfg.sandbox_user));
+        let uids = root
+            .then(|| UidPool::claim(&cfg.sandbox_user))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("sandbox uids: {e}"))?;
         let own = unsafe { (libc::geteuid(), libc::getegid()) };
         let left = engine::remove_labelled(&docker, &label).await?;
         if left > 0 {
@@ -168,10 +171,15 @@ impl SandboxManager for DockerManager {
     }
 
     fn describe(&self) -> String {
-        let users = if self.containers.uids.is_some() {
-            "one unprivileged uid per instance"
-        } else {
-            "the worker's own uid"
+        let users = match &self.containers.uids {
+            Some(u) => {
+                let (first, end) = u.range();
+                format!(
+                    "one unprivileged uid per instance (uids {first}-{}, claimed for this worker)",
+                    end - 1
+                )
+            }
+            None => "the worker's own uid".to_string(),
         };
         format!(
             "docker sandboxes (engine {}, image {}, {} pre-started): read-only root and code, no network unless ol.yaml asks for egress, all capabilities dropped, no-new-privileges, handlers run as {users}",

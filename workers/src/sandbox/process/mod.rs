@@ -117,7 +117,10 @@ impl ProcessManager {
         } else {
             (None, "rlimits (not root: no cgroups)".into())
         };
-        let uids = root.then(|| UidPool::new(&cfg.sandbox_user));
+        let uids = root
+            .then(|| UidPool::claim(&cfg.sandbox_user))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("sandbox uids: {e}"))?;
         let mut zcfg = cfg.zygotes.clone();
         let mut zygote_note = String::new();
         if zcfg.enabled {
@@ -434,10 +437,15 @@ impl SandboxManager for ProcessManager {
     }
 
     fn describe(&self) -> String {
-        let users = if self.inner.uids.is_some() {
-            "one unprivileged uid per instance"
-        } else {
-            "the worker's own user (not root)"
+        let users = match &self.inner.uids {
+            Some(u) => {
+                let (first, end) = u.range();
+                format!(
+                    "one unprivileged uid per instance (uids {first}-{}, claimed for this worker)",
+                    end - 1
+                )
+            }
+            None => "the worker's own user (not root)".to_string(),
         };
         format!(
             "process sandboxes: limits by {}; handlers run as {users}{}",
