@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::Invalid;
 
+/// The largest frame of the worker's protocol with its runtime: no
+/// `max_reply_bytes` may exceed it.
+pub const MAX_REPLY_FRAME: usize = 256 * 1024 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
@@ -37,6 +41,10 @@ pub struct WorkerConfig {
     /// Largest `.tar.gz` accepted by `POST /registry/<name>` (bytes), and the
     /// largest it may unpack to (10x).
     pub max_upload_bytes: usize,
+    /// Largest reply body a function may send (bytes): the worker holds a
+    /// reply whole, outside every sandbox's memory limit, so a larger one
+    /// is refused with 502 as it arrives. At most [`MAX_REPLY_FRAME`].
+    pub max_reply_bytes: usize,
     pub instances: InstancesConfig,
     pub limits: LimitsConfig,
     pub sandbox_user: SandboxUserConfig,
@@ -317,6 +325,8 @@ impl Default for WorkerConfig {
             work_dir: None,
             python: "/usr/bin/python3".into(),
             max_body_bytes: 6 * 1024 * 1024,
+            // AWS Lambda's limit for a synchronous response.
+            max_reply_bytes: 6 * 1024 * 1024,
             max_upload_bytes: 50 * 1024 * 1024,
             instances: InstancesConfig::default(),
             limits: LimitsConfig::default(),
@@ -393,6 +403,7 @@ impl WorkerConfig {
         let positive = [
             ("max_body_bytes", self.max_body_bytes as u64),
             ("max_upload_bytes", self.max_upload_bytes as u64),
+            ("max_reply_bytes", self.max_reply_bytes as u64),
             (
                 "instances.max_per_function",
                 self.instances.max_per_function as u64,
@@ -434,6 +445,12 @@ impl WorkerConfig {
                     format!("{default} is above its ceiling limits.max.{field} = {max}"),
                 ));
             }
+        }
+        if self.max_reply_bytes > MAX_REPLY_FRAME {
+            return Err(Invalid::new(
+                "max_reply_bytes",
+                format!("must be at most {MAX_REPLY_FRAME} (256 MiB, the runtime protocol's frame limit)"),
+            ));
         }
         if self.limits.memory_mb < 16 {
             return Err(Invalid::new(

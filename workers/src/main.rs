@@ -143,6 +143,7 @@ async fn run(cfg: WorkerConfig, grace: Duration) -> anyhow::Result<()> {
         manager.clone(),
         cfg.instances.clone(),
         cfg.limits,
+        cfg.max_reply_bytes,
     );
     let reaper = handlers.start_reaper();
     let front = Front::new(handlers.clone(), registry, &cfg);

@@ -26,8 +26,18 @@ use tokio::net::UnixStream;
 /// to the work dir, and its text is part of the Docker image's tag.
 pub const RUNTIME_PY: &str = include_str!("../runtime/ol_runtime.py");
 
-/// Largest reply body a runtime may send.
-pub const MAX_REPLY_BYTES: usize = 256 * 1024 * 1024;
+/// Largest reply head (status and headers as JSON) a runtime may send.
+const MAX_REPLY_HEAD_BYTES: usize = 1 << 20;
+
+/// A reply body over the worker's `max_reply_bytes`, refused from its
+/// length before any of it is read (the inner error of the `io::Error`
+/// that [`RuntimeConn::call`] returns).
+#[derive(Debug, thiserror::Error)]
+#[error("a reply of {size} bytes; the limit is {limit} (max_reply_bytes)")]
+pub struct ReplyTooLarge {
+    pub size: usize,
+    pub limit: usize,
+}
 /// Largest init reply (a load traceback): the runtime is not serving
 /// calls yet, so nothing it sends needs more.
 const MAX_INIT_REPLY_BYTES: usize = 1 << 20;
@@ -113,17 +123,29 @@ impl RuntimeConn {
         }
     }
 
-    /// Sends one call and reads its reply. An error means the runtime is
-    /// gone or broke the protocol: the instance must not be reused.
+    /// Sends one call and reads its reply, whose body may be at most
+    /// `max_body` bytes ([`ReplyTooLarge`] beyond). An error means the
+    /// runtime is gone, broke the protocol or sent too much: the instance
+    /// must not be reused.
     pub async fn call(
         &mut self,
         head: &CallHead<'_>,
         body: &[u8],
+        max_body: usize,
     ) -> io::Result<(ReplyHead, Vec<u8>)> {
         self.send(head, body).await?;
-        let head = self.read_frame(MAX_REPLY_BYTES).await?;
+        let head = self.read_frame(MAX_REPLY_HEAD_BYTES).await?;
         let head: ReplyHead = serde_json::from_slice(&head)?;
-        let body = self.read_frame(MAX_REPLY_BYTES).await?;
+        let n = self.stream.read_u32().await? as usize;
+        if n > max_body {
+            let too_large = ReplyTooLarge {
+                size: n,
+                limit: max_body,
+            };
+            return Err(io::Error::new(io::ErrorKind::InvalidData, too_large));
+        }
+        let mut body = vec![0; n];
+        self.stream.read_exact(&mut body).await?;
         Ok((head, body))
     }
 

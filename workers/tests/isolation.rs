@@ -154,3 +154,46 @@ fn two_workers_with_defaults_never_share_a_uid() {
         r.body
     );
 }
+
+/// The worker's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// The worker holds a reply whole, outside every sandbox's memory limit:
+/// a function's 64 MB reply used to become 64 MB more of the worker (three
+/// concurrent 200 MB ones, 610 MB). Now a reply over `max_reply_bytes`
+/// (6 MiB by default) is refused from its length, with a one-line 502,
+/// before any of it is read.
+#[test]
+fn a_reply_over_the_limit_is_refused_without_growing_the_worker() {
+    let w = Worker::start(Options::default());
+    add(
+        &w,
+        "flood",
+        &[
+            ("f.py", "def f(event):\n    return \"x\" * (64 << 20)\n"),
+            ("ol.yaml", "limits:\n  memory_mb: 512\n"),
+        ],
+    );
+    let pid = w.child.id();
+    // Warm up the worker's own allocations with a small call first.
+    assert_eq!(w.post("/run/hello", b"{}").status, 200);
+    let before = peak_rss_kib(pid);
+    let r = w.post("/run/flood", b"{}");
+    let grown = peak_rss_kib(pid).saturating_sub(before);
+    assert_eq!(r.status, 502, "{} bytes", r.body.len());
+    assert_eq!(r.body.trim_end().lines().count(), 1, "{}", r.body);
+    assert!(r.body.contains("max_reply_bytes"), "{}", r.body);
+    assert!(
+        grown < 16 << 10,
+        "the worker grew by {grown} KiB for a refused reply"
+    );
+    // The instance that sent it is not reused; the function still answers.
+    assert_eq!(w.post("/run/hello", b"{}").status, 200);
+}

@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use self::pool::{Handler, Instance, Pool};
 use crate::code::registry::{CodeVersion, Registry, RegistryError};
-use crate::runtime::{CallHead, ReplyHead};
+use crate::runtime::{CallHead, ReplyHead, ReplyTooLarge};
 use crate::sandbox::{Limits, SandboxError, SandboxManager};
 use crate::stats::Stats;
 
@@ -100,6 +100,8 @@ pub struct HandlerSet {
     registry: Arc<Registry>,
     pool: Arc<Pool>,
     limits: LimitsConfig,
+    /// `max_reply_bytes`: the worker holds each reply whole.
+    max_reply_bytes: usize,
     pub stats: Arc<Stats>,
 }
 
@@ -109,12 +111,14 @@ impl HandlerSet {
         manager: Arc<dyn SandboxManager>,
         instances: InstancesConfig,
         limits: LimitsConfig,
+        max_reply_bytes: usize,
     ) -> Arc<Self> {
         let stats = Arc::new(Stats::default());
         Arc::new(HandlerSet {
             registry,
             pool: Arc::new(Pool::new(manager, instances, stats.clone())),
             limits,
+            max_reply_bytes,
             stats,
         })
     }
@@ -206,14 +210,18 @@ impl HandlerSet {
             headers: call.headers,
         };
         let ran = Instant::now();
-        let res = tokio::time::timeout(inst.limits.runtime, inst.conn.call(&head, call.body))
+        let call = inst.conn.call(&head, call.body, self.max_reply_bytes);
+        let res = tokio::time::timeout(inst.limits.runtime, call)
             .instrument(tracing::debug_span!("handler.run", function = %inst.code.name))
             .await;
         timing.run = ran.elapsed();
         self.stats.run.record(timing.run);
         match res {
             Ok(Ok(reply)) => Ran::Replied(reply),
-            Ok(Err(io)) => Ran::Broke(io),
+            Ok(Err(io)) => match io.get_ref().and_then(|e| e.downcast_ref::<ReplyTooLarge>()) {
+                Some(t) => Ran::TooLarge(t.to_string()),
+                None => Ran::Broke(io),
+            },
             Err(_) => Ran::TimedOut,
         }
     }
@@ -249,6 +257,11 @@ impl HandlerSet {
                     allow: None,
                 })
             }
+            Ran::TooLarge(what) => {
+                // The rest of the reply is unread: the connection is spent.
+                self.pool.discard(inst);
+                Err(CallError::new(502, format!("function {name} sent {what}")))
+            }
             Ran::TimedOut => {
                 self.stats.timeouts.fetch_add(1, Relaxed);
                 let ms = inst.limits.runtime.as_millis();
@@ -268,6 +281,8 @@ enum Ran {
     Replied((ReplyHead, Vec<u8>)),
     /// The runtime died or broke the protocol.
     Broke(std::io::Error),
+    /// The reply was over `max_reply_bytes` (what it was, one line).
+    TooLarge(String),
     /// Past the runtime limit.
     TimedOut,
 }
