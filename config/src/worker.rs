@@ -58,6 +58,37 @@ pub struct WorkerConfig {
     /// paths relative to the function's directory) or `log` (the worker's
     /// log only; the client gets the one-line error).
     pub tracebacks: Tracebacks,
+    /// Which functions may have `network: egress` (the operator's choice,
+    /// never the function's own).
+    pub egress: EgressConfig,
+}
+
+/// `[egress]`: the functions whose `ol.yaml` may ask for `network: egress`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Names or globs (`*`, `?`); empty: no function gets egress.
+    pub functions: Vec<String>,
+}
+
+impl EgressConfig {
+    /// Whether function `name` may have egress.
+    pub fn allows(&self, name: &str) -> bool {
+        self.functions
+            .iter()
+            .any(|p| crate::policy::glob_match(p.as_bytes(), name.as_bytes()))
+    }
+
+    /// `Err` (one line) when `name`'s `ol.yaml` asks for a network the
+    /// operator does not give it.
+    pub fn check(&self, name: &str, f: &crate::FunctionConfig) -> Result<(), String> {
+        if f.network == crate::function::Network::Egress && !self.allows(name) {
+            return Err(format!(
+                "ol.yaml: network: egress is not allowed for {name}: the worker's egress.functions does not name it"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `tracebacks`: who sees a handler's traceback.
@@ -335,6 +366,7 @@ impl Default for WorkerConfig {
             packages: PackagesConfig::default(),
             zygotes: ZygotesConfig::default(),
             tracebacks: Tracebacks::Client,
+            egress: EgressConfig::default(),
         }
     }
 }

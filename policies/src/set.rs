@@ -221,29 +221,7 @@ pub fn build_policy(pc: &PolicyConfig, keys: &[&str]) -> Arc<dyn Policy> {
     }
 }
 
-/// The function-name glob of routes (and of the proxy's experiments): `*`
-/// matches any run (also empty), `?` one byte. Iterative with one backtrack
-/// point: O(pattern x name) worst case, no allocation.
-pub fn glob_match(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
+pub use config::policy::glob_match;
 
 /// The route map's hasher: [`hash_str`]'s mixing, stable and fast.
 #[derive(Default)]

@@ -119,6 +119,7 @@ async fn run(cfg: WorkerConfig, grace: Duration) -> anyhow::Result<()> {
         Duration::from_millis(cfg.registry_cache_ms),
         cfg.max_upload_bytes,
         cfg.limits,
+        cfg.egress.clone(),
         cfg.registry_token.clone(),
     )?);
     let manager: Arc<dyn SandboxManager> = match cfg.sandbox {
@@ -143,6 +144,7 @@ async fn run(cfg: WorkerConfig, grace: Duration) -> anyhow::Result<()> {
         manager.clone(),
         cfg.instances.clone(),
         cfg.limits,
+        cfg.egress.clone(),
         cfg.max_reply_bytes,
     );
     let reaper = handlers.start_reaper();

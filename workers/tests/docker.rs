@@ -193,7 +193,7 @@ fn handlers_cannot_reach_the_worker_or_the_host() {
     if !engine("handlers_cannot_reach_the_worker_or_the_host") {
         return;
     }
-    let w = docker_worker("");
+    let w = docker_worker("[egress]\nfunctions = [\"probe_egress\"]\n");
     // A listener on every host address: only the host itself is probed.
     let listener = TcpListener::bind("0.0.0.0:0").unwrap();
     listener.set_nonblocking(true).unwrap();

@@ -197,3 +197,37 @@ fn a_reply_over_the_limit_is_refused_without_growing_the_worker() {
     // The instance that sent it is not reused; the function still answers.
     assert_eq!(w.post("/run/hello", b"{}").status, 200);
 }
+
+/// `network: egress` was granted by the function's own `ol.yaml` (on the
+/// process backend, the host network). Now only the operator grants it,
+/// by name or glob in `egress.functions`: an upload asking for it without
+/// that is refused with 400, a stored package asking for it fails its
+/// calls with a one-line 500, and a function the list names runs.
+#[test]
+fn egress_is_the_operators_to_give() {
+    let w = Worker::start(Options {
+        toml: "[egress]\nfunctions = [\"fetch-*\"]\n",
+        ..Default::default()
+    });
+    let f = "def f(event):\n    return 'ran'\n";
+    let yaml = "network: egress\n";
+    let pkg = common::tar_gz(&[("f.py", f), ("ol.yaml", yaml)]);
+    let r = w.post("/registry/leaky", &pkg);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("egress.functions"), "{}", r.body);
+    assert_eq!(r.body.trim_end().lines().count(), 1, "{}", r.body);
+
+    add(&w, "stored-leaky", &[("f.py", f), ("ol.yaml", yaml)]);
+    let r = w.post("/run/stored-leaky", b"{}");
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(
+        r.body.contains("network: egress is not allowed"),
+        "{}",
+        r.body
+    );
+
+    let r = w.post("/registry/fetch-news", &pkg);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = w.post("/run/fetch-news", b"{}");
+    assert_eq!(r.status, 200, "{}", r.body);
+}

@@ -208,7 +208,10 @@ fn handlers_cannot_reach_the_network_or_fork_without_bound() {
         eprintln!("SKIPPED: handlers_cannot_reach_the_network_or_fork_without_bound needs root");
         return;
     }
-    let w = Worker::start(Options::default());
+    let w = Worker::start(Options {
+        toml: "[egress]\nfunctions = [\"probe-egress\"]\n",
+        ..Default::default()
+    });
     for (name, code, yaml) in [
         ("probe", NET_PROBE, ""),
         ("probe-egress", NET_PROBE, "network: egress\n"),

@@ -210,7 +210,7 @@ fn zygote_forks_are_isolated_like_fresh_instances() {
         return;
     }
     let w = Worker::start(Options {
-        toml: "[zygotes]\nenabled = true\npreload = [[\"six==1.16.0\"]]\n",
+        toml: "[zygotes]\nenabled = true\npreload = [[\"six==1.16.0\"]]\n[egress]\nfunctions = [\"egress\"]\n",
         ..Default::default()
     });
     if !wait_for_zygotes(&w, 2) {

@@ -120,6 +120,8 @@ pub struct Registry {
     max_upload: usize,
     /// The worker's limits and their ceilings, checked at upload.
     limits: config::worker::LimitsConfig,
+    /// Who may have `network: egress`, checked at upload.
+    egress: config::worker::EgressConfig,
     /// `registry_token`, required by this worker's own endpoints (the
     /// store has it too, to send to an HTTP store).
     token: String,
@@ -140,6 +142,7 @@ impl Registry {
         recheck: Duration,
         max_upload: usize,
         limits: config::worker::LimitsConfig,
+        egress: config::worker::EgressConfig,
         token: String,
     ) -> anyhow::Result<Self> {
         let store = Store::open(location, &token).map_err(|e| match e {
@@ -158,6 +161,7 @@ impl Registry {
             recheck,
             max_upload,
             limits,
+            egress,
             token,
             cache: Mutex::new(HashMap::new()),
             dirs: Default::default(),
@@ -357,7 +361,8 @@ impl Registry {
         let this = self.clone();
         let name = name.to_string();
         let res = blocking(move || {
-            this.check_upload(&bytes).map_err(RegistryError::Invalid)?;
+            this.check_upload(&name, &bytes)
+                .map_err(RegistryError::Invalid)?;
             this.store
                 .upload(&name, &bytes)
                 .and_then(Answer::error_for_status)
@@ -374,14 +379,16 @@ impl Registry {
 
     /// Every check of an upload, before anything is stored: the archive,
     /// `ol.yaml` and `requirements.txt` (the same checks as the proxy's
-    /// code store front), and the protos of a gRPC binding.
-    fn check_upload(&self, bytes: &[u8]) -> Result<(), String> {
+    /// code store front), the operator's ceilings and egress list, and the
+    /// protos of a gRPC binding.
+    fn check_upload(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
         let files = archive::inspect(bytes, self.max_unpacked(), &codestore::METADATA_FILES)
             .map_err(|e| e.to_string())?;
         let cfg = codestore::check_metadata(&files)?;
         self.limits
             .for_function(&cfg.limits)
             .map_err(|e| format!("ol.yaml: {e}"))?;
+        self.egress.check(name, &cfg)?;
         if cfg.grpc.is_some() {
             let check = self.tmp_dir("upload");
             let res = archive::unpack(bytes, &check, self.max_unpacked())

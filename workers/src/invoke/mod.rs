@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use config::wire::Timing;
-use config::worker::{InstancesConfig, LimitsConfig};
+use config::worker::{EgressConfig, InstancesConfig, LimitsConfig};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -100,6 +100,8 @@ pub struct HandlerSet {
     registry: Arc<Registry>,
     pool: Arc<Pool>,
     limits: LimitsConfig,
+    /// Who may have `network: egress` (a stored package may ask anyway).
+    egress: EgressConfig,
     /// `max_reply_bytes`: the worker holds each reply whole.
     max_reply_bytes: usize,
     pub stats: Arc<Stats>,
@@ -111,6 +113,7 @@ impl HandlerSet {
         manager: Arc<dyn SandboxManager>,
         instances: InstancesConfig,
         limits: LimitsConfig,
+        egress: EgressConfig,
         max_reply_bytes: usize,
     ) -> Arc<Self> {
         let stats = Arc::new(Stats::default());
@@ -118,6 +121,7 @@ impl HandlerSet {
             registry,
             pool: Arc::new(Pool::new(manager, instances, stats.clone())),
             limits,
+            egress,
             max_reply_bytes,
             stats,
         })
@@ -132,6 +136,7 @@ impl HandlerSet {
     ) -> Result<Reply, CallError> {
         let code = self.registry.resolve(name).await?;
         check_method(&code, call.method)?;
+        self.check_network(&code)?;
         let limits = self.limits_of(&code)?;
         let handler = self.pool.handler(name);
         let queued = Instant::now();
@@ -158,6 +163,14 @@ impl HandlerSet {
     /// Removes every idle instance (at shutdown).
     pub async fn remove_all(&self) {
         self.pool.remove_all().await
+    }
+
+    /// A network the operator does not give the function (its `ol.yaml`
+    /// asks for egress, `egress.functions` does not name it): 500.
+    fn check_network(&self, code: &CodeVersion) -> Result<(), CallError> {
+        self.egress
+            .check(&code.name, &code.config)
+            .map_err(|e| CallError::new(500, format!("function {}: {e}", code.name)))
     }
 
     /// The limits `code` runs under: the worker's, with what its `ol.yaml`
