@@ -135,6 +135,11 @@ pub struct InstancesConfig {
     /// Sum of instance memory limits kept alive; beyond it the least
     /// recently used idle instances are removed.
     pub memory_budget_mb: u64,
+    /// Each instance's scratch dir (its `HOME` and `TMPDIR`) is a tmpfs of
+    /// this size (root worker): a write past it fails with ENOSPC inside
+    /// the sandbox, its pages count against the instance's memory limit,
+    /// and nothing reaches the host's disk.
+    pub scratch_mb: u64,
 }
 
 /// Default per-instance limits; a function's `ol.yaml` may lower or raise
@@ -379,6 +384,7 @@ impl Default for InstancesConfig {
             pause_after_ms: 500,
             evict_after_ms: 120_000,
             memory_budget_mb: 4096,
+            scratch_mb: 64,
         }
     }
 }
@@ -444,6 +450,7 @@ impl WorkerConfig {
                 "instances.memory_budget_mb",
                 self.instances.memory_budget_mb,
             ),
+            ("instances.scratch_mb", self.instances.scratch_mb),
             ("limits.memory_mb", self.limits.memory_mb),
             ("limits.procs", self.limits.procs),
             ("limits.runtime_ms", self.limits.runtime_ms),

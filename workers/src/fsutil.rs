@@ -1,4 +1,5 @@
-//! Small filesystem helpers shared by the registry and the sandboxes.
+//! Small filesystem helpers shared by the registry and the sandboxes, and
+//! the instances' scratch mounts.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -10,4 +11,69 @@ pub fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
 /// Changes the owner of `path` (not following symlinks).
 pub fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+/// Mounts a tmpfs of `size_mb` at `dir`, owned by `uid` and 0700: an
+/// instance's scratch space (root only). Its size bounds what the instance
+/// can write there (ENOSPC past it), its pages are charged to the writer's
+/// memory cgroup, and nothing of it reaches the host's disk.
+pub fn mount_scratch(dir: &Path, size_mb: u64, uid: u32) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let target = CString::new(dir.as_os_str().as_bytes())?;
+    let opts = CString::new(format!("size={size_mb}m,mode=0700,uid={uid},gid={uid}"))?;
+    // SAFETY: valid C strings; mount(2) reads them only.
+    let rc = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            opts.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Unmounts whatever is mounted at `dir` (lazily: a process still inside
+/// keeps its view until it goes). Nothing mounted there is fine.
+pub fn unmount(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(target) = std::ffi::CString::new(dir.as_os_str().as_bytes()) {
+        // SAFETY: a valid C string.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Unmounts every mount below `root` (the scratch mounts a killed worker
+/// left in its `instances/` dir), deepest first.
+pub fn unmount_below(root: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut below: Vec<std::path::PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.starts_with(root) && p != root)
+        .collect();
+    below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in below {
+        unmount(&p);
+    }
+}
+
+/// Empties a backend's `instances/` dir of what a previous run of this
+/// worker left (it died without removing its instances): their scratch
+/// mounts first, then their dirs.
+pub fn clear_instances(dir: &Path) {
+    unmount_below(dir);
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }

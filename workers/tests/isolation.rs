@@ -231,3 +231,62 @@ fn egress_is_the_operators_to_give() {
     let r = w.post("/run/fetch-news", b"{}");
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+/// Free bytes of the file system holding `p`.
+fn free_bytes(p: &std::path::Path) -> u64 {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+/// An instance's scratch dir was a plain dir on the host's disk: 2 GiB in
+/// under a second, nothing capped it. Now it is a tmpfs of
+/// `instances.scratch_mb`: a write past it gets ENOSPC inside the sandbox
+/// and the host's free space does not move.
+#[test]
+fn scratch_writes_stop_at_their_bound_and_never_reach_the_disk() {
+    if !common::is_root() {
+        eprintln!("SKIPPED scratch_writes_stop_at_their_bound_and_never_reach_the_disk: needs root (a tmpfs per instance)");
+        return;
+    }
+    let w = Worker::start(Options {
+        toml: "[instances]\nscratch_mb = 16\n",
+        ..Default::default()
+    });
+    add(
+        &w,
+        "filler",
+        &[(
+            "f.py",
+            r#"import errno, os
+
+def f(event):
+    path = os.path.join(os.environ["TMPDIR"], "fill")
+    chunk = b"x" * (1 << 20)
+    written = 0
+    try:
+        with open(path, "wb") as out:
+            for _ in range(64):
+                out.write(chunk)
+                out.flush()
+                written += len(chunk)
+    except OSError as e:
+        return {"written": written, "errno": e.errno == errno.ENOSPC and "ENOSPC" or e.errno}
+    return {"written": written, "errno": None}
+"#,
+        )],
+    );
+    let before = free_bytes(&w.work_dir);
+    let r = w.post("/run/filler", b"{}");
+    let after = free_bytes(&w.work_dir);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["errno"], "ENOSPC", "{v}");
+    assert!(v["written"].as_u64().unwrap() <= 16 << 20, "{v}");
+    let dropped = before.saturating_sub(after);
+    assert!(
+        dropped < 8 << 20,
+        "the host lost {dropped} bytes of free space"
+    );
+}

@@ -47,6 +47,8 @@ pub struct Containers {
     /// Free sandbox uids when root; else every container runs as `own`.
     pub uids: Option<UidPool>,
     pub own: (u32, u32),
+    /// Size of each container's scratch tmpfs (root only).
+    pub scratch_mb: u64,
     pub next_id: AtomicU64,
     pub start_timeout: Duration,
 }
@@ -86,6 +88,9 @@ impl Containers {
             fs::create_dir_all(&sb.dir)?;
             fsutil::set_mode(&sb.dir, 0o700)?;
             if sb.uid.is_some() {
+                // Root: the scratch dir is a bounded tmpfs, bound into the
+                // container as it is (nothing lands on the host's disk).
+                fsutil::mount_scratch(&sb.dir, self.scratch_mb, user_uid)?;
                 fsutil::chown(&sb.dir, user_uid, user_gid)?;
             }
             Ok(())
@@ -446,6 +451,7 @@ impl Sandbox for DockerSandbox {
         if !self.container.is_empty() {
             remove_container(&self.docker, &self.container).await;
         }
+        fsutil::unmount(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
         self.uid = None; // back to the pool
         self.state = SandboxState::Removed;
@@ -509,6 +515,7 @@ impl Drop for DockerSandbox {
         if self.state == SandboxState::Removed {
             return;
         }
+        fsutil::unmount(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
         self.uid = None; // back to the pool
         if !self.container.is_empty() {

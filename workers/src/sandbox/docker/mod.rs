@@ -123,6 +123,8 @@ impl DockerManager {
                 "removed containers left by a previous run"
             );
         }
+        // Their scratch mounts and dirs go after them.
+        fsutil::clear_instances(&instances_dir);
         let containers = Arc::new(Containers {
             docker,
             image,
@@ -131,6 +133,7 @@ impl DockerManager {
             instances_dir,
             uids,
             own,
+            scratch_mb: cfg.instances.scratch_mb,
             next_id: AtomicU64::new(1),
             start_timeout: Duration::from_millis(cfg.docker.start_timeout_ms),
         });

@@ -451,6 +451,7 @@ impl Sandbox for ProcessSandbox {
         if let Some(cg) = &self.cgroup {
             cg.remove().await;
         }
+        crate::fsutil::unmount(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
         let _ = fs::remove_file(&self.log);
         self.uid = None; // back to the pool
@@ -509,6 +510,7 @@ impl Drop for ProcessSandbox {
     fn drop(&mut self) {
         if self.state != SandboxState::Removed {
             self.kill_group();
+            crate::fsutil::unmount(&self.dir);
             let _ = fs::remove_dir_all(&self.dir);
             let _ = fs::remove_file(&self.log);
         }

@@ -66,6 +66,8 @@ struct Inner {
     cgroup_note: String,
     /// Free sandbox uids; `None` when not running as root.
     uids: Option<UidPool>,
+    /// Size of each instance's scratch tmpfs (root only).
+    scratch_mb: u64,
     next_id: AtomicU64,
     packages: Arc<PackageStore>,
     zygotes: Zygotes,
@@ -88,6 +90,7 @@ impl ProcessManager {
         fsutil::set_mode(work, 0o711)?;
         fsutil::set_mode(&instances_dir, 0o711)?;
         fsutil::set_mode(&logs_dir, 0o700)?;
+        fsutil::clear_instances(&instances_dir);
         fsutil::set_mode(&work.join("code"), 0o755)?;
         let runtime = work.join("ol_runtime.py");
         fs::write(&runtime, RUNTIME_PY)?;
@@ -144,6 +147,7 @@ impl ProcessManager {
             cgroups,
             cgroup_note,
             uids,
+            scratch_mb: cfg.instances.scratch_mb,
             next_id: AtomicU64::new(1),
             packages,
             zygotes: Zygotes::default(),
@@ -317,10 +321,13 @@ impl Inner {
             state: SandboxState::Created,
         };
         let uid = sb.uid();
+        let scratch_mb = self.scratch_mb;
         let setup = || -> std::io::Result<()> {
             fs::create_dir_all(&sb.dir)?;
             fsutil::set_mode(&sb.dir, 0o700)?;
             if let Some(uid) = uid {
+                // Root: the scratch dir is a tmpfs of its own (bounded).
+                fsutil::mount_scratch(&sb.dir, scratch_mb, uid)?;
                 fsutil::chown(&sb.dir, uid, uid)?;
             }
             Ok(())
@@ -441,8 +448,9 @@ impl SandboxManager for ProcessManager {
             Some(u) => {
                 let (first, end) = u.range();
                 format!(
-                    "one unprivileged uid per instance (uids {first}-{}, claimed for this worker)",
-                    end - 1
+                    "one unprivileged uid per instance (uids {first}-{}, claimed for this worker), each with a {} MiB scratch tmpfs",
+                    end - 1,
+                    self.inner.scratch_mb
                 )
             }
             None => "the worker's own user (not root)".to_string(),
