@@ -29,5 +29,6 @@ pub use front::grpc::pb;
 pub use front::{serve, Front};
 pub use invoke::HandlerSet;
 pub use sandbox::docker::DockerManager;
+pub use sandbox::guard;
 pub use sandbox::process::ProcessManager;
 pub use sandbox::SandboxManager;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use config::worker::SandboxKind;
 use config::WorkerConfig;
-use workers::{DockerManager, Front, HandlerSet, ProcessManager, Registry, SandboxManager};
+use workers::{guard, DockerManager, Front, HandlerSet, ProcessManager, Registry, SandboxManager};
 
 /// An OpenLambda-compatible worker: runs Python functions (`f.py` with
 /// `def f(event)`, or a WSGI `app`) in sandboxes and serves them over HTTP.
@@ -45,6 +45,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(guard::GUARD_FLAG) {
+        guard::run(&args[2..]);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -125,6 +129,14 @@ async fn run(cfg: WorkerConfig, grace: Duration) -> anyhow::Result<()> {
     let manager: Arc<dyn SandboxManager> = match cfg.sandbox {
         SandboxKind::Process => Arc::new(ProcessManager::new(&cfg)?),
         SandboxKind::Docker => Arc::new(DockerManager::new(&cfg).await?),
+    };
+    // Held to the end of `run`: the guard wakes when this process ends.
+    let _guard = match guard::spawn(&manager.leftovers()) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(error = %e, "no guard: instances may outlive a killed worker");
+            None
+        }
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -295,6 +295,44 @@ fn no_containers_left_after_the_worker_stops() {
     );
 }
 
+/// A SIGKILLed worker's containers kept running (a busy handler, a paused
+/// one, the pre-started pool) until a later worker with the same work dir
+/// removed them. Now the worker's guard removes them within seconds.
+#[test]
+fn a_killed_workers_containers_are_gone_within_seconds() {
+    if !engine("a_killed_workers_containers_are_gone_within_seconds") {
+        return;
+    }
+    let mut w = docker_worker("[instances]\npause_after_ms = 200\n");
+    let label = label(&w);
+    assert_eq!(w.post("/run/hello", b"{}").status, 200);
+    std::thread::sleep(Duration::from_millis(600)); // hello is paused now
+    add_function(
+        &w,
+        "long",
+        "import time\n\ndef f(event):\n    time.sleep(100)\n    return 1\n",
+        "",
+    );
+    let url = w.url("/run/long");
+    std::thread::spawn(move || {
+        let _ = common::request("POST", &url, Some(b"{}"), &[]);
+    });
+    std::thread::sleep(Duration::from_millis(1500)); // long is running
+    assert!(containers(&label).len() >= 2, "{:?}", containers(&label));
+    w.child.kill().unwrap();
+    let _ = w.child.wait();
+    let t = Instant::now();
+    while !containers(&label).is_empty() && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        containers(&label),
+        Vec::<String>::new(),
+        "left {:?} after SIGKILL",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn leftovers_of_a_killed_worker_are_removed_at_start() {
     if !engine("leftovers_of_a_killed_worker_are_removed_at_start") {
@@ -346,7 +384,19 @@ fn leftovers_of_a_killed_worker_are_removed_at_start() {
             .status,
         200
     );
-    first.0.kill().unwrap(); // SIGKILL: no clean-up
+    // SIGKILL the worker and its guard: nothing cleans up until the next
+    // start (the guard alone is a_killed_workers_containers_are_gone_...).
+    let work_arg = std::fs::canonicalize(&work).unwrap().display().to_string();
+    let guards = Command::new("pgrep")
+        .args(["-f", "--", &format!("ol-worker --guard .*{work_arg}")])
+        .output()
+        .unwrap();
+    let guards = String::from_utf8_lossy(&guards.stdout).to_string();
+    assert!(!guards.trim().is_empty(), "the worker has no guard");
+    for pid in guards.lines() {
+        unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+    }
+    first.0.kill().unwrap();
     first.0.wait().unwrap();
     let label = format!(
         "ol-edge.worker={}",

@@ -290,3 +290,84 @@ def f(event):
         "the host lost {dropped} bytes of free space"
     );
 }
+
+/// Whether process `pid` is gone (or a zombie nobody reaps yet).
+fn gone(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z')),
+    }
+}
+
+/// A SIGKILLed worker left its paused instances frozen forever, in their
+/// cgroups, holding memory (a frozen process cannot act on its worker's
+/// death). Now the worker's guard thaws and kills them, and a busy one is
+/// gone too, within seconds.
+#[test]
+fn a_killed_workers_instances_do_not_outlive_it() {
+    if !common::is_root() {
+        eprintln!(
+            "SKIPPED a_killed_workers_instances_do_not_outlive_it: needs root (cgroups, freezer)"
+        );
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let pid_file = t.path().join("busy.pid");
+    let mut w = Worker::start(Options {
+        toml: "[instances]\npause_after_ms = 100\n",
+        ..Default::default()
+    });
+    add(
+        &w,
+        "idle",
+        &[(
+            "f.py",
+            "import os\n\ndef f(event):\n    return {\"pid\": os.getpid()}\n",
+        )],
+    );
+    let busy = format!(
+        "import os, time\n\ndef f(event):\n    with open({:?}, \"w\") as out:\n        out.write(str(os.getpid()))\n    time.sleep(100)\n    return 1\n",
+        pid_file.display().to_string()
+    );
+    add(&w, "busy", &[("f.py", &busy)]);
+    let r = w.post("/run/idle", b"{}");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let idle_pid = v["pid"].as_u64().unwrap();
+    let url = w.url("/run/busy");
+    std::thread::spawn(move || {
+        let _ = common::request("POST", &url, Some(b"{}"), &[]);
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !pid_file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let busy_pid: u64 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Let the idle one be paused (frozen).
+    std::thread::sleep(Duration::from_millis(600));
+    let state = std::fs::read_to_string(format!("/proc/{idle_pid}/status")).unwrap_or_default();
+    assert!(
+        !gone(idle_pid),
+        "the idle instance should still be there: {state}"
+    );
+
+    w.child.kill().unwrap();
+    let _ = w.child.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !(gone(idle_pid) && gone(busy_pid)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gone(busy_pid), "the busy instance outlived its worker");
+    assert!(
+        gone(idle_pid),
+        "the paused instance outlived its worker (still frozen?)"
+    );
+}

@@ -117,6 +117,11 @@ impl Cgroups {
         })
     }
 
+    /// This worker's cgroup dirs (each instance's cgroup is below one).
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.parents.iter().map(|(_, d)| d.clone()).collect()
+    }
+
     pub fn describe(&self) -> String {
         match self.version {
             Version::V1 => format!(
@@ -321,10 +326,25 @@ fn remove_stale(base: &Path) {
     }
 }
 
+/// Thaws a cgroup and its children (v1 freezer or v2 `cgroup.freeze`): a
+/// frozen process cannot die, so a tree is thawed in every hierarchy
+/// before any of it is killed.
+pub(super) fn thaw_tree(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                thaw_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::write(dir.join("freezer.state"), "THAWED");
+    let _ = fs::write(dir.join("cgroup.freeze"), "0");
+}
+
 /// Kills the processes of a cgroup and its children, then removes them,
 /// retrying until `deadline` (a memory cgroup can stay busy briefly after
 /// its last task died). Whether it is gone.
-fn remove_tree(dir: &Path, deadline: std::time::Instant) -> bool {
+pub(super) fn remove_tree(dir: &Path, deadline: std::time::Instant) -> bool {
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {

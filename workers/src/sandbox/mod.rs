@@ -14,6 +14,7 @@
 
 mod cgroup;
 pub mod docker;
+pub mod guard;
 pub mod process;
 
 use std::path::Path;
@@ -296,6 +297,8 @@ pub trait SandboxManager: Send + Sync {
     fn describe(&self) -> String;
     /// Removes what the backend left behind at exit.
     async fn shutdown(&self);
+    /// What a guard must stop if this worker dies without `shutdown`.
+    fn leftovers(&self) -> guard::Leftovers;
 }
 
 #[cfg(test)]

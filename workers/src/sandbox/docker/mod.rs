@@ -43,7 +43,7 @@
 
 mod container;
 mod egress;
-mod engine;
+pub(super) mod engine;
 mod pool;
 
 use std::fs;
@@ -188,6 +188,13 @@ impl SandboxManager for DockerManager {
             "docker sandboxes (engine {}, image {}, {} pre-started): read-only root and code, no network unless ol.yaml asks for egress, all capabilities dropped, no-new-privileges, handlers run as {users}",
             self.engine, self.containers.image, self.pool.size()
         )
+    }
+
+    fn leftovers(&self) -> crate::sandbox::guard::Leftovers {
+        crate::sandbox::guard::Leftovers {
+            cgroups: Vec::new(),
+            docker_label: Some(self.containers.label.clone()),
+        }
     }
 
     async fn shutdown(&self) {

@@ -461,6 +461,18 @@ impl SandboxManager for ProcessManager {
         )
     }
 
+    fn leftovers(&self) -> crate::sandbox::guard::Leftovers {
+        crate::sandbox::guard::Leftovers {
+            cgroups: self
+                .inner
+                .cgroups
+                .as_ref()
+                .map(Cgroups::dirs)
+                .unwrap_or_default(),
+            docker_label: None,
+        }
+    }
+
     async fn shutdown(&self) {
         for z in self.inner.zygotes.take_all() {
             if let Some(mut sb) = z.sandbox.lock().await.take() {
