@@ -91,6 +91,9 @@ rm -rf \
   "$root"/usr/share/zoneinfo/{right,posix} \
   "$root"/dev/* "$root"/run/* "$root"/tmp/* "$root"/home/* "$root"/root/.??* 2>/dev/null || true
 find "$root" -xdev \( -name '*.a' -o -name '*.la' \) -delete
+# No setuid or setgid binaries (chage, expiry, ...): nothing in a sandbox may
+# gain privileges, whatever no-new-privileges does.
+find "$root" -xdev -type f -perm /6000 -exec chmod ug-s {} +
 mkdir -p "$root/opt/ol-edge" "$root/run/ol" "$root/code" "$root/tmp"
 chmod 1777 "$root/tmp"
 install -m 0644 "$runtime" "$root/opt/ol-edge/ol_runtime.py"

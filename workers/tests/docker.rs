@@ -49,7 +49,7 @@ fn engine(test: &str) -> bool {
 }
 
 /// Builds the runtime image with the repo's script unless it exists.
-fn ensure_image() {
+fn ensure_image() -> &'static str {
     static BUILT: OnceLock<String> = OnceLock::new();
     BUILT.get_or_init(|| {
         let script = common::repo_root().join("workers/image/build.sh");
@@ -59,7 +59,7 @@ fn ensure_image() {
             .expect("run workers/image/build.sh");
         assert!(out.status.success(), "workers/image/build.sh failed");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
-    });
+    })
 }
 
 fn docker_worker(toml: &str) -> Worker {
@@ -100,6 +100,37 @@ fn add_function(w: &Worker, name: &str, code: &str, ol_yaml: &str) {
     if !ol_yaml.is_empty() {
         std::fs::write(dir.join("ol.yaml"), ol_yaml).unwrap();
     }
+}
+
+/// The image kept setuid binaries (`chage`, `expiry`): a way to gain
+/// privileges if anything else gave. It has none now.
+#[test]
+fn the_image_has_no_setuid_or_setgid_files() {
+    if !engine("the_image_has_no_setuid_or_setgid_files") {
+        return;
+    }
+    let out = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            "0:0",
+            "--entrypoint",
+            "/usr/bin/find",
+        ])
+        .arg(ensure_image())
+        .args(["/", "-xdev", "-type", "f", "-perm", "/6000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(found.trim(), "", "setuid/setgid files in the image");
 }
 
 #[test]
