@@ -54,11 +54,12 @@ pub fn unmount_below(root: &Path) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let mut below: Vec<std::path::PathBuf> = info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(std::path::PathBuf::from)
-        .filter(|p| p.starts_with(root) && p != root)
+        .map(|p| std::path::PathBuf::from(unescape_mount_path(p)))
+        .filter(|p| p.starts_with(&root) && *p != root)
         .collect();
     below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in below {
@@ -75,5 +76,40 @@ pub fn clear_instances(dir: &Path) {
         for e in rd.flatten() {
             let _ = std::fs::remove_dir_all(e.path());
         }
+    }
+}
+
+/// A mount point as `/proc/self/mountinfo` writes it, with its `\ooo`
+/// octal escapes (space, tab, newline, backslash) undone.
+fn unescape_mount_path(p: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|o| b[i] == b'\\' && o.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match oct.and_then(|o| u8::from_str_radix(std::str::from_utf8(o).ok()?, 8).ok()) {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(super::unescape_mount_path("/a\\040b/c"), "/a b/c");
+        assert_eq!(super::unescape_mount_path("/plain"), "/plain");
+        assert_eq!(super::unescape_mount_path("/x\\9"), "/x\\9");
     }
 }

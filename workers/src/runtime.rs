@@ -66,6 +66,11 @@ pub enum FirstLine {
     Other,
 }
 
+/// The most the worker reads of a runtime's (or a zygote child's) status
+/// line before giving up on it: the function's code runs before it and
+/// may write to the same fd without a newline.
+pub const MAX_STATUS_LINE: u64 = 4096;
+
 /// Reads a first line as [`FirstLine`] (`line` with its newline).
 pub fn first_line(line: &str) -> FirstLine {
     if line == "ready\n" {
@@ -213,7 +218,9 @@ impl RuntimeConn {
 /// refused), it must be a socket owned by `uid`, the connection is made
 /// through `/proc/self/fd/<fd>` (to the inode already checked: nothing can
 /// be swapped in between), and the listener on the other end must be `uid`
-/// (`SO_PEERCRED`). A function can then only ever reach itself.
+/// (`SO_PEERCRED`). With a uid per instance (a root worker) a function can
+/// then only ever reach its own uid; without (not root) instances share the
+/// worker's uid and isolate nothing.
 pub async fn connect_own(socket: &Path, uid: u32) -> io::Result<UnixStream> {
     // No host path in the text: it reaches the client.
     let refuse = |why: String| {

@@ -550,7 +550,7 @@ const ENV_AND_CODE: &str = r#"
 import os
 
 def f(event):
-    return {"greeting": os.environ.get("GREETING"), "code": sorted(os.listdir("/run/ol/code"))}
+    return {"greeting": os.environ.get("GREETING"), "code": sorted(os.listdir("/code"))}
 "#;
 
 #[test]

@@ -69,15 +69,41 @@ impl UidPool {
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .mode(0o644)
+            .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(file)?;
+        // Only its owner may open it: anyone who can read it can place read
+        // locks, and so refuse or steer every worker's claim.
+        {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let meta = lock.metadata()?;
+            let me = unsafe { libc::geteuid() };
+            if meta.uid() != me {
+                return Err(std::io::Error::other(format!(
+                    "{} is owned by uid {}, not this worker's {me}",
+                    file.display(),
+                    meta.uid()
+                )));
+            }
+            if meta.mode() & 0o077 != 0 {
+                lock.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+        let reserved = reserved_uids();
         let count = u64::from(users.uid_count.max(1));
         for k in 0..UID_RANGE_TRIES {
             let first = u64::from(users.uid_base) + k * count;
             let end = first + count;
             if end > u64::from(u32::MAX) {
                 break;
+            }
+            if let Some((a, b, what)) = reserved.iter().find(|(a, b, _)| *a < end && first < *b) {
+                tracing::warn!(
+                    "sandbox uids {first}-{}: skipped, they overlap {what} ({a}-{})",
+                    end - 1,
+                    b - 1
+                );
+                continue;
             }
             if lock_range(&lock, first, count)? {
                 let (first, end) = (first as u32, end as u32);
@@ -114,6 +140,37 @@ impl UidPool {
     pub fn peek(&self) -> Option<u32> {
         self.0.free.lock().unwrap().last().copied()
     }
+}
+
+/// Uids the host has given to someone else: subordinate ranges
+/// (`/etc/subuid`, `/etc/subgid`: a user with one can run processes as
+/// those uids) and the uids of `/etc/passwd`, as `[first, end)` with where
+/// they come from. A sandbox uid must be none of them.
+fn reserved_uids() -> Vec<(u64, u64, String)> {
+    let mut out = Vec::new();
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        for line in std::fs::read_to_string(file).unwrap_or_default().lines() {
+            let mut f = line.split(':');
+            let (Some(who), Some(a), Some(n)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            if let (Ok(a), Ok(n)) = (a.trim().parse::<u64>(), n.trim().parse::<u64>()) {
+                out.push((a, a + n, format!("{who}'s range in {file}")));
+            }
+        }
+    }
+    for line in std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+    {
+        let mut f = line.split(':');
+        if let (Some(who), Some(uid)) = (f.next(), f.nth(1)) {
+            if let Ok(u) = uid.parse::<u64>() {
+                out.push((u, u + 1, format!("user {who}")));
+            }
+        }
+    }
+    out
 }
 
 /// An exclusive open-file-description lock on bytes `[first, first + len)`

@@ -83,6 +83,9 @@ impl Containers {
             state: SandboxState::Created,
             init: None,
             pool_conn: None,
+            staged_code: code
+                .is_none()
+                .then(|| self.instances_dir.join(format!("{id}.code"))),
         };
         let setup = || -> std::io::Result<()> {
             fs::create_dir_all(&sb.dir)?;
@@ -92,6 +95,10 @@ impl Containers {
                 // container as it is (nothing lands on the host's disk).
                 fsutil::mount_scratch(&sb.dir, self.scratch_mb, user_uid)?;
                 fsutil::chown(&sb.dir, user_uid, user_gid)?;
+            }
+            if let Some(staged) = &sb.staged_code {
+                fs::create_dir(staged)?;
+                fsutil::set_mode(staged, 0o755)?;
             }
             Ok(())
         };
@@ -135,6 +142,9 @@ impl Containers {
                 labels.insert("ol-edge.function".into(), code.name.clone());
             }
             None => {
+                if let Some(staged) = &sb.staged_code {
+                    mounts.push(bind(staged, CODE_IN_CONTAINER, true));
+                }
                 labels.insert("ol-edge.pool".into(), "1".into());
             }
         }
@@ -223,6 +233,10 @@ pub struct DockerSandbox {
     state: SandboxState,
     /// A pool container's function, handed over by `start`.
     pub(super) init: Option<PendingInit>,
+    /// A pool container's code dir on the host (beside its scratch, on the
+    /// code store's file system, bound read-only at `/code`): the handed
+    /// over code is hard-linked there, never copied into the scratch tmpfs.
+    staged_code: Option<PathBuf>,
     /// A pool container's connection to its waiting runtime.
     pub(super) pool_conn: Option<tokio::net::UnixStream>,
 }
@@ -266,6 +280,12 @@ impl DockerSandbox {
                         if let Some(i) = stdout.iter().position(|&b| b == b'\n') {
                             let line = String::from_utf8_lossy(&stdout[..=i]).into_owned();
                             let _ = tx.take().unwrap().send(Some(line));
+                        } else if stdout.len() as u64 > runtime::MAX_STATUS_LINE {
+                            // No status line: the function's code wrote first.
+                            let _ = tx.take().unwrap().send(None);
+                        }
+                        if tx.is_none() {
+                            stdout = Vec::new();
                         }
                     }
                     bollard::container::LogOutput::StdErr { message } => {
@@ -301,16 +321,23 @@ impl DockerSandbox {
     /// its scratch dir (read-only for the instance's user: files and dirs
     /// stay root's) and sends the runtime the init frame.
     async fn hand_over(&mut self, init: PendingInit) -> Result<(), SandboxError> {
-        let dest = self.dir.join("code");
+        let Some(staged) = &self.staged_code else {
+            return Err(SandboxError::Setup(format!(
+                "{} is not a pool container",
+                self.name
+            )));
+        };
+        let dest = staged.clone();
         let src = init.code_dir.clone();
-        let linked = tokio::task::spawn_blocking(move || link_tree(&src, &dest))
+        let linked = tokio::task::spawn_blocking(move || link_entries(&src, &dest))
             .await
             .map_err(|e| SandboxError::Setup(format!("code link: {e}")))?;
         linked.map_err(|e| {
             SandboxError::Setup(format!("cannot link the code of {}: {e}", self.name))
         })?;
         let env: HashMap<_, _> = init.env.into_iter().collect();
-        let code = format!("{SCRATCH_IN_CONTAINER}/code");
+        // At /code, as in a container made for its function.
+        let code = CODE_IN_CONTAINER.to_string();
         let mut conn = RuntimeConn::new(init.conn);
         let loaded =
             tokio::time::timeout(self.start_timeout, conn.init(&code, &self.name, &env)).await;
@@ -453,6 +480,9 @@ impl Sandbox for DockerSandbox {
         }
         fsutil::unmount(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
+        if let Some(staged) = &self.staged_code {
+            let _ = fs::remove_dir_all(staged);
+        }
         self.uid = None; // back to the pool
         self.state = SandboxState::Removed;
     }
@@ -517,6 +547,9 @@ impl Drop for DockerSandbox {
         }
         fsutil::unmount(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
+        if let Some(staged) = &self.staged_code {
+            let _ = fs::remove_dir_all(staged);
+        }
         self.uid = None; // back to the pool
         if !self.container.is_empty() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -533,6 +566,11 @@ impl Drop for DockerSandbox {
 fn link_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     fs::create_dir(dst)?;
     fsutil::set_mode(dst, 0o755)?;
+    link_entries(src, dst)
+}
+
+/// [`link_tree`] into the existing directory `dst`.
+fn link_entries(src: &Path, dst: &Path) -> std::io::Result<()> {
     for entry in fs::read_dir(src)? {
         let entry = entry?;
         let (from, to) = (entry.path(), dst.join(entry.file_name()));

@@ -190,7 +190,8 @@ impl ProcessSandbox {
         timeout: Duration,
     ) -> Result<(), SandboxError> {
         let mut line = String::new();
-        let read = reader.read_line(&mut line);
+        let mut bounded = tokio::io::AsyncReadExt::take(&mut *reader, runtime::MAX_STATUS_LINE);
+        let read = bounded.read_line(&mut line);
         let read = tokio::time::timeout(timeout, read).await;
         match read.map(|r| r.map(|_| runtime::first_line(&line))) {
             Ok(Ok(FirstLine::Ready)) => Ok(()),
@@ -299,7 +300,8 @@ impl ProcessSandbox {
         };
         let mut reader = BufReader::new(chan);
         let mut line = String::new();
-        let got = tokio::time::timeout(START_TIMEOUT, reader.read_line(&mut line)).await;
+        let mut bounded = tokio::io::AsyncReadExt::take(&mut reader, runtime::MAX_STATUS_LINE);
+        let got = tokio::time::timeout(START_TIMEOUT, bounded.read_line(&mut line)).await;
         if !matches!(got, Ok(Ok(_))) || line != "ns\n" {
             let log = self.logs(1024);
             self.stop().await;
@@ -473,8 +475,10 @@ impl Sandbox for ProcessSandbox {
                 .and_then(|r| r.ok()),
             (None, Some(chan)) => {
                 let mut line = String::new();
+                let mut bounded =
+                    tokio::io::AsyncReadExt::take(&mut *chan, runtime::MAX_STATUS_LINE);
                 let read =
-                    tokio::time::timeout(Duration::from_millis(500), chan.read_line(&mut line));
+                    tokio::time::timeout(Duration::from_millis(500), bounded.read_line(&mut line));
                 match read.await {
                     Ok(Ok(_)) => line
                         .strip_prefix("exit ")
