@@ -370,4 +370,19 @@ fn a_killed_workers_instances_do_not_outlive_it() {
         gone(idle_pid),
         "the paused instance outlived its worker (still frozen?)"
     );
+    // Nor do their scratch mounts (RAM) stay.
+    let instances = std::fs::canonicalize(w.work_dir.join("instances")).unwrap();
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|p| std::path::Path::new(p).starts_with(&instances))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while mounted() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(mounted(), 0, "scratch mounts outlived their worker");
 }

@@ -9,7 +9,8 @@
 //! same binary) in a session of its own, holding the write end of a pipe
 //! that is the guard's stdin: when the worker's process ends, however it
 //! ends, the guard reads EOF, thaws and kills everything in the worker's
-//! cgroups, removes its containers, and exits. After a clean shutdown it
+//! cgroups, removes its containers and its instances' scratch mounts, and
+//! exits. After a clean shutdown it
 //! finds nothing left and exits too.
 
 use std::io::Read;
@@ -25,6 +26,8 @@ pub struct Leftovers {
     pub cgroups: Vec<PathBuf>,
     /// The `ol-edge.worker` label of its containers.
     pub docker_label: Option<String>,
+    /// Its `instances/` dir: scratch mounts (RAM) and dirs.
+    pub instances: Option<PathBuf>,
 }
 
 /// The first argument that makes `ol-worker` a guard.
@@ -40,6 +43,9 @@ pub fn spawn(what: &Leftovers) -> std::io::Result<Child> {
     }
     if let Some(label) = &what.docker_label {
         cmd.arg("--docker-label").arg(label);
+    }
+    if let Some(dir) = &what.instances {
+        cmd.arg("--instances").arg(dir);
     }
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -65,6 +71,7 @@ pub fn run(args: &[String]) -> ! {
         match (a.as_str(), it.next()) {
             ("--cgroup", Some(d)) => what.cgroups.push(PathBuf::from(d)),
             ("--docker-label", Some(l)) => what.docker_label = Some(l.clone()),
+            ("--instances", Some(d)) => what.instances = Some(PathBuf::from(d)),
             _ => {}
         }
     }
@@ -96,6 +103,10 @@ pub fn run(args: &[String]) -> ! {
                 }
             });
         }
+    }
+    // Last: the scratch tmpfs mounts hold RAM until unmounted.
+    if let Some(dir) = &what.instances {
+        crate::fsutil::clear_instances(dir);
     }
     if stopped > 0 {
         eprintln!("ol-worker guard: the worker ended without cleaning up; stopped what it left ({stopped} cgroup trees or containers)");

@@ -194,6 +194,7 @@ impl SandboxManager for DockerManager {
         crate::sandbox::guard::Leftovers {
             cgroups: Vec::new(),
             docker_label: Some(self.containers.label.clone()),
+            instances: Some(self.containers.instances_dir.clone()),
         }
     }
 

@@ -470,6 +470,7 @@ impl SandboxManager for ProcessManager {
                 .map(Cgroups::dirs)
                 .unwrap_or_default(),
             docker_label: None,
+            instances: Some(self.inner.instances_dir.clone()),
         }
     }
 
