@@ -126,6 +126,15 @@ impl UidPool {
         self.0.range
     }
 
+    /// Who handlers run as, for a backend's start-up line.
+    pub fn describe(&self, scratch_mb: u64) -> String {
+        let (first, end) = self.range();
+        format!(
+            "one unprivileged uid per instance (uids {first}-{}, claimed for this worker), each with a {scratch_mb} MiB scratch tmpfs",
+            end - 1
+        )
+    }
+
     /// A uid for one sandbox, back in the pool when the `Uid` is dropped.
     pub fn take(&self) -> Result<Uid, SandboxError> {
         let id = self.0.free.lock().unwrap().pop();

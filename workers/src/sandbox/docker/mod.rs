@@ -175,17 +175,11 @@ impl SandboxManager for DockerManager {
 
     fn describe(&self) -> String {
         let users = match &self.containers.uids {
-            Some(u) => {
-                let (first, end) = u.range();
-                format!(
-                    "one unprivileged uid per instance (uids {first}-{}, claimed for this worker)",
-                    end - 1
-                )
-            }
+            Some(u) => u.describe(self.containers.scratch_mb),
             None => "the worker's own uid".to_string(),
         };
         format!(
-            "docker sandboxes (engine {}, image {}, {} pre-started): read-only root and code, no network unless ol.yaml asks for egress, all capabilities dropped, no-new-privileges, handlers run as {users}",
+            "docker sandboxes (engine {}, image {}, {} pre-started): read-only root and code, no network unless the operator grants egress, all capabilities dropped, no-new-privileges, handlers run as {users}",
             self.engine, self.containers.image, self.pool.size()
         )
     }

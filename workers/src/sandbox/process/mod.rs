@@ -445,14 +445,7 @@ impl SandboxManager for ProcessManager {
 
     fn describe(&self) -> String {
         let users = match &self.inner.uids {
-            Some(u) => {
-                let (first, end) = u.range();
-                format!(
-                    "one unprivileged uid per instance (uids {first}-{}, claimed for this worker), each with a {} MiB scratch tmpfs",
-                    end - 1,
-                    self.inner.scratch_mb
-                )
-            }
+            Some(u) => u.describe(self.inner.scratch_mb),
             None => "the worker's own user (not root)".to_string(),
         };
         format!(
