@@ -236,7 +236,11 @@ pub fn start_proxy_args(args: &[&str], ports: &Ports, dir: &std::path::Path) -> 
     };
     let end = Instant::now() + Duration::from_secs(15);
     loop {
-        if try_http(ports.admin, "GET", "/admin/status", &[], b"").is_ok() {
+        // The admin service starts before the proxy's own listener, so
+        // both are waited for: a test's first call must not race the bind.
+        if try_http(ports.admin, "GET", "/admin/status", &[], b"").is_ok()
+            && std::net::TcpStream::connect(("127.0.0.1", ports.listen)).is_ok()
+        {
             return p;
         }
         if let Ok(Some(s)) = p.child.try_wait() {
