@@ -1,12 +1,15 @@
 """ol-edge Python runtime: runs one function instance inside a sandbox.
 
 The worker starts it as
-    python3 -I -S ol_runtime.py --code DIR --socket PATH [--name NAME]
-                                [--packages DIR:DIR...]
+    python3 -I -S ol_runtime.py --code DIR (--fd N | --socket PATH)
+                                [--name NAME] [--packages DIR:DIR...]
 It puts the --packages directories (the worker's package store) on
-sys.path, imports DIR/f.py, binds a unix socket at PATH, prints "ready" on stdout
-(or "error <one line>" and the traceback on stderr if the import failed)
-and then serves one connection from the worker, one call at a time.
+sys.path, imports DIR/f.py, prints "ready" on stdout (or "error <one
+line>" and the traceback on stderr if the import failed) and then serves
+the worker, one call at a time, on fd N (the process backend: its end of
+a socket pair, so no path exists that a function could redirect) or on
+one connection to a unix socket it binds at PATH (the Docker backend). It
+exits when the worker closes the connection.
 
 Wire format (both ways): frames of a 4-byte big-endian length and a payload.
 A call is two frames, a JSON head and the raw body; so is a reply.
@@ -278,7 +281,7 @@ def _deferred(sock_path, ready, packages):
 
 def main(argv):
     args = dict(zip(argv[1::2], argv[2::2]))
-    code, sock_path, name = args.get("--code"), args["--socket"], args.get("--name", "f")
+    code, sock_path, name = args.get("--code"), args.get("--socket"), args.get("--name", "f")
     packages = [p for p in (args.get("--packages") or "").split(os.pathsep) if p]
     sys.path[0:0] = [p for p in packages if p not in sys.path]
     sys.excepthook = _excepthook  # a runtime failure's traceback hides host paths too
@@ -296,6 +299,13 @@ def main(argv):
         ready.write(f"error {msg}\n")
         ready.flush()
         return 1
+    if "--fd" in args:
+        conn = socket.socket(fileno=int(args["--fd"]))
+        ready.write("ready\n")
+        ready.flush()
+        ready.close()
+        _serve(conn, mode, fn, name)
+        return 0
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(sock_path)
     srv.listen(1)
@@ -309,4 +319,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    code = main(sys.argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: that waits for the function's own threads, and the
+    # runtime must end when its worker is gone.
+    os._exit(code)

@@ -9,19 +9,21 @@ with stdin a SOCK_SEQPACKET socket to the worker. It imports the runtime
 and every top-level module of each package directory, prints "ready" on
 stdout, and then serves fork requests until the worker closes the socket.
 
-A request is one message: JSON {"code", "socket", "name", "dir", "env",
-"packages", "uid", "userns", "netns", "nproc", "as_bytes"} with two file
-descriptors attached: the instance's log file and its channel (a stream
-socket to the worker). The zygote forks and answers {"pid": N} (or
+A request is one message: JSON {"code", "name", "dir", "env", "packages",
+"uid", "userns", "netns", "mntns", "nproc", "as_bytes"} with three file
+descriptors attached: the instance's log file, its channel (a stream
+socket to the worker) and its runtime's connection to the worker (the
+other socket pair). The zygote forks and answers {"pid": N} (or
 {"error": "..."}); it keeps the channel, and when it reaps the child it
 writes "exit <raw wait status>" on it, so the worker can say why the
 instance died. The child, before any function code runs:
   1. closes the other instances' channels, starts its own session, sends
      stderr (and prints) to the log;
   2. with "userns", unshares a user namespace (and with "netns" a network
-     namespace), writes "ns" on the channel and waits for "go": meanwhile
-     the worker maps the instance's uid and gid into that namespace and
-     moves the child into the instance's cgroup;
+     namespace, with "mntns" a mount namespace), writes "ns" on the channel
+     and waits for "go": meanwhile the worker maps the instance's uid and
+     gid into that namespace, moves the child into the instance's cgroup
+     and mounts its own code, /tmp and /dev/shm into its mount namespace;
   3. becomes that uid and gid with no supplementary groups, clears every
      capability, sets no_new_privs, dies with the zygote (PDEATHSIG),
      lowers its rlimits, and enters its scratch directory with the
@@ -41,6 +43,7 @@ import sys
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -104,7 +107,7 @@ def _reap(signum, frame):
 
 
 def _child(req, fds, zygote_pid, rt, libc):
-    log_fd, chan_fd = fds
+    log_fd, chan_fd, rt_fd = fds
     for fd in _children.values():
         os.close(fd)
     _children.clear()
@@ -118,7 +121,11 @@ def _child(req, fds, zygote_pid, rt, libc):
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # fd 0 was the zygote's socket to the worker
     os.close(null)
-    flags = (CLONE_NEWUSER if req["userns"] else 0) | (CLONE_NEWNET if req["netns"] else 0)
+    flags = (
+        (CLONE_NEWUSER if req["userns"] else 0)
+        | (CLONE_NEWNET if req["netns"] else 0)
+        | (CLONE_NEWNS if req.get("mntns") else 0)
+    )
     if flags:
         _check(libc.unshare(flags), "unshare", libc)
     os.write(1, b"ns\n")
@@ -147,7 +154,7 @@ def _child(req, fds, zygote_pid, rt, libc):
     os.chdir(req["dir"])
     os.environ.clear()
     os.environ.update(req["env"])
-    argv = ["ol_runtime", "--code", req["code"], "--socket", req["socket"], "--name", req["name"]]
+    argv = ["ol_runtime", "--code", req["code"], "--fd", str(rt_fd), "--name", req["name"]]
     if req.get("packages"):
         argv += ["--packages", os.pathsep.join(req["packages"])]
     sys.stdout.flush()
@@ -165,8 +172,8 @@ def _serve(ctl, rt, libc):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         try:
             req = json.loads(msg)
-            if len(fds) != 2:
-                raise ValueError(f"expected 2 file descriptors, got {len(fds)}")
+            if len(fds) != 3:
+                raise ValueError(f"expected 3 file descriptors, got {len(fds)}")
             pid = os.fork()
         except (OSError, ValueError) as e:
             for fd in fds:
@@ -184,6 +191,7 @@ def _serve(ctl, rt, libc):
                 finally:
                     os._exit(1)
         os.close(fds[0])
+        os.close(fds[2])
         _children[pid] = fds[1]
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         ctl.send(json.dumps({"pid": pid}).encode())

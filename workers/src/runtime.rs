@@ -115,12 +115,6 @@ pub struct RuntimeConn {
 }
 
 impl RuntimeConn {
-    /// Connects to the runtime of an instance whose runtime runs as `uid`
-    /// ([`connect_own`]).
-    pub async fn connect(socket: &Path, uid: u32) -> io::Result<Self> {
-        Ok(Self::new(connect_own(socket, uid).await?))
-    }
-
     pub fn new(stream: UnixStream) -> Self {
         RuntimeConn {
             stream: BufReader::with_capacity(64 * 1024, stream),

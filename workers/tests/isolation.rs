@@ -52,60 +52,275 @@ fn fake_runtime(path: &std::path::Path) -> Arc<AtomicUsize> {
     hits
 }
 
-/// The socket hijack: a function that, while its runtime starts, binds the
-/// runtime's socket elsewhere and puts a link to a host socket in its
-/// place. The worker (root) used to follow the link and hand the call, and
-/// the client the host socket's answer. Now it refuses the link: the call
-/// fails with a one-line error and the host socket is never connected to.
+/// The socket hijack: a function used to replace its runtime's socket
+/// with a link to a host socket, and the worker (root) followed it and
+/// handed the client the host socket's answer. Now the process backend's
+/// runtime talks to the worker over a socket pair made before the fork:
+/// there is no socket path to replace, and the host socket is not even in
+/// the function's view. The function runs as its own, the host socket is
+/// never connected to, and a function that binds sockets of its own
+/// changes nothing.
 #[test]
 fn a_function_cannot_redirect_the_workers_runtime_connection() {
+    if !common::is_root() {
+        eprintln!(
+            "SKIPPED a_function_cannot_redirect_the_workers_runtime_connection: needs root (without it nothing is isolated)"
+        );
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let host = t.path().join("host.sock");
-    let staged = t.path().join("staged");
     let hits = fake_runtime(&host);
 
-    let w = Worker::start(Options::default());
-    let f = format!(
-        r#"import os, socket
+    for toml in ["", "[zygotes]\nenabled = false\n"] {
+        let w = Worker::start(Options {
+            toml,
+            ..Default::default()
+        });
+        let f = format!(
+            r#"import os, socket
 
-_bind = socket.socket.bind
+HOST = {host:?}
 
-def _hijack(self, addr):
-    if isinstance(addr, str) and addr.endswith("rt.sock"):
-        _bind(self, addr + ".real")
-        os.symlink({host:?}, addr)
-        open({staged:?}, "w").close()
-    else:
-        _bind(self, addr)
+def _try(path):
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        return "reached"
+    except OSError as e:
+        return type(e).__name__
 
-socket.socket.bind = _hijack
+# At import, before the runtime serves: bind a socket of its own where
+# the runtime's used to be, and link the host socket beside it.
+for d in (os.getcwd(), "/tmp"):
+    try:
+        socket.socket(socket.AF_UNIX).bind(os.path.join(d, "rt.sock"))
+        os.symlink(HOST, os.path.join(d, "rt.sock.link"))
+    except OSError:
+        pass
 
 def f(event):
-    return "mine"
+    return {{"mine": True, "host": _try(HOST)}}
 "#,
-        host = host.display().to_string(),
-        staged = staged.display().to_string(),
-    );
-    add(&w, "hijack", &[("f.py", &f)]);
-    let r = w.post("/run/hijack", b"{}");
-    assert!(
-        staged.exists(),
-        "the function did not stage its link (the test would prove nothing)"
-    );
-    assert_ne!(r.body.trim(), "pwned", "the worker followed the link");
+            host = host.display().to_string(),
+        );
+        add(&w, "hijack", &[("f.py", &f)]);
+        let start = expected_start(&w, toml);
+        let r = w.post("/run/hijack", b"{}");
+        assert_eq!(r.status, 200, "{toml}: {}", r.body);
+        assert_eq!(r.start(), start, "{toml}");
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["mine"], true, "{toml}: {}", r.body);
+        assert_ne!(v["host"], "reached", "{toml}: the host socket is in view");
+        assert_eq!(w.post("/run/hello", b"{}").status, 200);
+    }
     assert_eq!(
         hits.load(Ordering::SeqCst),
         0,
         "the host socket was reached"
     );
-    assert!(r.status >= 500, "{} {}", r.status, r.body);
-    assert_eq!(r.body.trim_end().lines().count(), 1, "{}", r.body);
-    assert!(r.body.contains("runtime socket is refused"), "{}", r.body);
-    let work = w.work_dir.display().to_string();
-    assert!(!r.body.contains(&work), "names the work dir: {}", r.body);
-    // The worker stays healthy for the functions that behave.
-    assert_eq!(w.post("/run/hello", b"{}").status, 200);
+}
+
+/// Waits until the root zygote is up when `toml` leaves zygotes on, so
+/// that the next cold start is a fork; returns the start it will be.
+fn expected_start(w: &Worker, toml: &str) -> &'static str {
+    if toml.contains("enabled = false") {
+        return "cold";
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while w.stats()["zygotes.live"].as_u64().unwrap_or(0) < 1 {
+        assert!(std::time::Instant::now() < deadline, "no zygote in 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    "zygote"
+}
+
+/// What a hostile function tries to read, and what it gets: each path
+/// maps to "read <start>", "listed <names>" or the error's name.
+const PEEK: &str = r#"import os
+
+def _peek(p):
+    try:
+        if os.path.isdir(p):
+            return "listed " + ",".join(sorted(os.listdir(p)))
+        with open(p) as f:
+            return "read " + f.read(200)
+    except Exception as e:
+        return type(e).__name__
+
+def f(event):
+    return {p: _peek(p) for p in event["paths"]}
+"#;
+
+/// A function used to read any world-readable host file (the proxy's
+/// config and its admin token, /etc/passwd), every other function's code
+/// and `ol.yaml` with its secrets, and the worker's work dir. Now each
+/// instance's root is a read-only skeleton with its own code: none of
+/// those exist in its view, fresh or forked from a zygote.
+#[test]
+fn a_function_sees_its_own_code_and_nothing_of_the_host() {
+    if !common::is_root() {
+        eprintln!(
+            "SKIPPED a_function_sees_its_own_code_and_nothing_of_the_host: needs root (mount namespaces)"
+        );
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = t.path().join("proxy.toml");
+    std::fs::write(&secret, "[admin]\ntoken = \"host-secret\"\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let host_passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(
+        host_passwd.contains("daemon:"),
+        "this host has no daemon user"
+    );
+
+    for toml in ["", "[zygotes]\nenabled = false\n"] {
+        let w = Worker::start(Options {
+            toml,
+            ..Default::default()
+        });
+        add(&w, "peek", &[("f.py", PEEK)]);
+        add(
+            &w,
+            "other",
+            &[
+                ("f.py", "def f(event):\n    return 1\n"),
+                ("ol.yaml", "environment:\n  TOKEN: other-secret\n"),
+            ],
+        );
+        assert_eq!(w.post("/run/other", b"{}").status, 200);
+        let work = w.work_dir.display().to_string();
+        let registry = w.registry.display().to_string();
+        let config = w.work_dir.parent().unwrap().join("worker.toml");
+        let paths = serde_json::json!({"paths": [
+            "/etc/shadow", "/etc/passwd", "/", "/code/f.py",
+            secret.display().to_string(),
+            config.display().to_string(),
+            work.clone(),
+            format!("{work}/code"),
+            format!("{registry}/other/ol.yaml"),
+            "/proc/1/environ", "/root", "/home", "/var", "/sys",
+        ]});
+        let start = expected_start(&w, toml);
+        let r = w.post("/run/peek", paths.to_string().as_bytes());
+        assert_eq!(r.status, 200, "{toml}: {}", r.body);
+        assert_eq!(r.start(), start, "{toml}");
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let got = |p: &str| v[p].as_str().unwrap_or_default().to_string();
+        assert!(
+            got("/code/f.py").starts_with("read import os"),
+            "{toml}: own code: {}",
+            got("/code/f.py")
+        );
+        assert!(
+            !got("/etc/passwd").contains("daemon:"),
+            "{toml}: the host's passwd: {}",
+            got("/etc/passwd")
+        );
+        for p in [
+            "/etc/shadow".to_string(),
+            secret.display().to_string(),
+            config.display().to_string(),
+            work.clone(),
+            format!("{work}/code"),
+            format!("{registry}/other/ol.yaml"),
+            "/proc/1/environ".into(),
+            "/root".into(),
+            "/home".into(),
+            "/var".into(),
+            "/sys".into(),
+        ] {
+            let seen = got(&p);
+            assert!(
+                !seen.starts_with("read") && !seen.starts_with("listed"),
+                "{toml}: the function got {p}: {seen}"
+            );
+        }
+        assert!(
+            !r.body.contains("host-secret") && !r.body.contains("other-secret"),
+            "{toml}: {}",
+            r.body
+        );
+        let root = got("/");
+        for name in ["code", "tmp", "usr"] {
+            assert!(root.contains(name), "{toml}: / lacks {name}: {root}");
+        }
+        for name in ["work", "root", "home", "var"] {
+            assert!(
+                !root.split([' ', ',']).any(|n| n == name),
+                "{toml}: / shows {name}: {root}"
+            );
+        }
+    }
+}
+
+/// Host `/tmp` and `/dev/shm` used to be shared by every sandbox and to
+/// outlive them (the next tenant of a uid read the last one's 0600 file).
+/// Now both are the instance's own and go with it: a new instance of the
+/// same function, after the old one was evicted, finds neither file, and
+/// another function never sees them.
+#[test]
+fn tmp_and_shm_are_private_and_die_with_their_instance() {
+    if !common::is_root() {
+        eprintln!(
+            "SKIPPED tmp_and_shm_are_private_and_die_with_their_instance: needs root (mount namespaces)"
+        );
+        return;
+    }
+    for toml in [
+        "[instances]\npause_after_ms = 50\nevict_after_ms = 150\n",
+        "[instances]\npause_after_ms = 50\nevict_after_ms = 150\n[zygotes]\nenabled = false\n",
+    ] {
+        let w = Worker::start(Options {
+            toml,
+            ..Default::default()
+        });
+        let tenant = r#"import os
+
+def f(event):
+    seen = sorted(os.listdir("/tmp")) + sorted(os.listdir("/dev/shm"))
+    for d in ("/tmp", "/dev/shm", "/host/tmp"):
+        fd = os.open(os.path.join(d, "left-" + d.strip("/").replace("/", "-")), os.O_CREAT | os.O_WRONLY, 0o600)
+        os.write(fd, b"tenant secret")
+        os.close(fd)
+    return {"seen": seen, "pid": os.getpid()}
+"#;
+        add(&w, "tenant", &[("f.py", tenant)]);
+        add(&w, "neighbour", &[("f.py", tenant)]);
+        let call = |name: &str| -> serde_json::Value {
+            let r = w.post(&format!("/run/{name}"), b"{}");
+            assert_eq!(r.status, 200, "{toml}: {}", r.body);
+            serde_json::from_str(&r.body).unwrap()
+        };
+        let start = expected_start(&w, toml);
+        let r = w.post("/run/tenant", b"{}");
+        assert_eq!(r.start(), start, "{toml}: {}", r.body);
+        let first: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(first["seen"], serde_json::json!([]), "{toml}: {first}");
+        let neighbour = call("neighbour");
+        assert_eq!(
+            neighbour["seen"],
+            serde_json::json!([]),
+            "{toml}: {neighbour}"
+        );
+        // Evicted (paused after 50 ms, removed after 150 ms idle).
+        let pid = first["pid"].as_u64().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !gone(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(gone(pid), "{toml}: the first instance was not evicted");
+        let again = call("tenant");
+        assert_ne!(again["pid"], first["pid"], "{toml}: not a new instance");
+        assert_eq!(
+            again["seen"],
+            serde_json::json!([]),
+            "{toml}: the last tenant's files: {again}"
+        );
+    }
 }
 
 /// Two workers started with the same defaults on one host (the
@@ -314,9 +529,6 @@ fn a_killed_workers_instances_do_not_outlive_it() {
         );
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let pid_file = t.path().join("busy.pid");
     let mut w = Worker::start(Options {
         toml: "[instances]\npause_after_ms = 100\n",
         ..Default::default()
@@ -329,29 +541,23 @@ fn a_killed_workers_instances_do_not_outlive_it() {
             "import os\n\ndef f(event):\n    return {\"pid\": os.getpid()}\n",
         )],
     );
-    let busy = format!(
-        "import os, time\n\ndef f(event):\n    with open({:?}, \"w\") as out:\n        out.write(str(os.getpid()))\n    time.sleep(100)\n    return 1\n",
-        pid_file.display().to_string()
-    );
-    add(&w, "busy", &[("f.py", &busy)]);
-    let r = w.post("/run/idle", b"{}");
-    assert_eq!(r.status, 200, "{}", r.body);
-    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-    let idle_pid = v["pid"].as_u64().unwrap();
+    // Its first call says who it is; the next one stays busy (the same
+    // instance: only one exists).
+    let busy = "import os, time\n\ndef f(event):\n    if event.get(\"who\"):\n        return {\"pid\": os.getpid()}\n    time.sleep(100)\n    return 1\n";
+    add(&w, "busy", &[("f.py", busy)]);
+    let pid_of = |name: &str, body: &[u8]| -> u64 {
+        let r = w.post(&format!("/run/{name}"), body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        v["pid"].as_u64().unwrap()
+    };
+    let idle_pid = pid_of("idle", b"{}");
+    let busy_pid = pid_of("busy", br#"{"who": true}"#);
     let url = w.url("/run/busy");
     std::thread::spawn(move || {
         let _ = common::request("POST", &url, Some(b"{}"), &[]);
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !pid_file.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let busy_pid: u64 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // Let the idle one be paused (frozen).
+    // Let the idle one be paused (frozen), and the busy one start sleeping.
     std::thread::sleep(Duration::from_millis(600));
     let state = std::fs::read_to_string(format!("/proc/{idle_pid}/status")).unwrap_or_default();
     assert!(

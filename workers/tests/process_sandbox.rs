@@ -27,6 +27,11 @@ def f(event):
         out["write_code"] = "wrote"
     except OSError as e:
         out["write_code"] = type(e).__name__
+    try:
+        open("/code/planted", "w").write("x")
+        out["write_own_code"] = "wrote"
+    except OSError as e:
+        out["write_own_code"] = type(e).__name__
     return out
 "#;
 
@@ -70,10 +75,13 @@ fn handlers_cannot_read_the_worker_or_each_other() {
     assert_eq!(r.status, 200, "{}", r.body);
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert!(v["uid"].as_u64().unwrap() >= 200_000, "{v}");
-    for what in ["work_dir", "logs", "other_scratch"] {
-        assert_eq!(v[what], "PermissionError", "{what}: {v}");
+    // Not in its view at all (its own mount namespace): FileNotFoundError.
+    for what in ["work_dir", "logs", "other_scratch", "code"] {
+        assert_eq!(v[what], "FileNotFoundError", "{what}: {v}");
     }
-    assert_eq!(v["write_code"], "PermissionError", "{v}");
+    assert_eq!(v["write_code"], "FileNotFoundError", "{v}");
+    // Its own code is there, read-only (EROFS is a plain OSError).
+    assert_eq!(v["write_own_code"], "OSError", "{v}");
     busy.join().unwrap().unwrap();
 }
 
@@ -84,14 +92,11 @@ fn sigterm_removes_every_instance() {
         assert_eq!(w.post(&format!("/run/{f}"), b"{}").status, 200);
     }
     // Fresh instances run ol_runtime.py; zygotes, and the instances forked
-    // from them, ol_zygote.py: both below the work dir.
-    let marker = w.work_dir.join("ol_").display().to_string();
+    // from them, ol_zygote.py.
+    let (pid, work) = (w.child.id(), w.work_dir.clone());
     let running = || {
-        let out = std::process::Command::new("pgrep")
-            .args(["-f", &marker])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().count()
+        common::runtime_pids_of(pid, &work, "ol_runtime.py").len()
+            + common::runtime_pids_of(pid, &work, "ol_zygote.py").len()
     };
     assert!(running() >= 3, "three instances (and zygotes) before stop");
     let status = w.stop();
@@ -99,7 +104,7 @@ fn sigterm_removes_every_instance() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(running(), 0, "runtimes left after SIGTERM");
     if is_root() && std::path::Path::new("/sys/fs/cgroup/memory").exists() {
-        let tag = format!("ol-worker-{}", w.child.id());
+        let tag = format!("ol-worker-{pid}");
         let out = std::process::Command::new("find")
             .args(["/sys/fs/cgroup", "-maxdepth", "4", "-name", &tag])
             .output()

@@ -244,7 +244,7 @@ fn zygote_forks_are_isolated_like_fresh_instances() {
             "logs": w.work_dir.join("logs"),
             "work_dir": w.work_dir,
             "other_scratch": other,
-            "zygote_py": w.work_dir.join("ol_zygote.py"),
+            "zygote_py": w.work_dir.join("runtime").join("ol_zygote.py"),
         },
     });
     let r = w.post("/run/probe", body.to_string().as_bytes());
@@ -258,10 +258,10 @@ fn zygote_forks_are_isolated_like_fresh_instances() {
     assert!((200_000..200_000 + 64 * 4096).contains(&uid), "{v}");
     assert_eq!(v["gid"], uid, "{v}");
     assert_eq!(v["pid"], v["sid"], "its own session: {v}");
-    for what in ["logs", "work_dir", "other_scratch"] {
-        assert_eq!(v[what], "PermissionError", "{what}: {v}");
+    // Not in its view (the zygote's layout, with its own code and scratch).
+    for what in ["logs", "work_dir", "other_scratch", "zygote_py"] {
+        assert_eq!(v[what], "FileNotFoundError", "{what}: {v}");
     }
-    assert_eq!(v["zygote_py"], "read", "world-readable, as shipped: {v}");
     assert_ne!(v["connect"], "connected", "reached the worker's port: {v}");
     // EINVAL in its user namespace (uid 0 is not mapped there), EPERM outside.
     assert_ne!(v["setuid0"], "became root", "{v}");
@@ -319,17 +319,6 @@ fn popular_package_sets_get_a_zygote() {
     assert_eq!(r.body, "true", "forked from the six zygote");
 }
 
-fn pgrep(pattern: &str) -> Vec<i32> {
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", pattern])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
 #[test]
 fn forked_exits_are_reported_and_a_dead_zygote_falls_back() {
     let mut w = Worker::start(Options {
@@ -344,8 +333,7 @@ fn forked_exits_are_reported_and_a_dead_zygote_falls_back() {
 
     // Kill the zygote: the next cold start is a fresh process, and a new
     // root zygote replaces the dead one.
-    let zygote = w.work_dir.join("ol_zygote.py").display().to_string();
-    let pids = pgrep(&zygote);
+    let pids = w.runtime_pids("ol_zygote.py");
     assert_eq!(
         pids.len(),
         1,
@@ -374,7 +362,8 @@ fn forked_exits_are_reported_and_a_dead_zygote_falls_back() {
     let status = w.stop();
     assert!(status.success(), "{status:?}");
     std::thread::sleep(Duration::from_millis(200));
-    assert!(pgrep(&zygote).is_empty(), "{:?}", pgrep(&zygote));
+    let left = common::runtime_pids_of(w.child.id(), &w.work_dir, "ol_zygote.py");
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

@@ -198,15 +198,13 @@ impl Pool {
         self.acct.add(limits.memory_mb);
         let started = sandbox.start().await;
         let conn = match started {
-            Ok(()) => RuntimeConn::connect(sandbox.address(), sandbox.runtime_uid())
-                .await
-                .map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::PermissionDenied {
-                        // A function tampered with its socket (issue 14).
-                        tracing::warn!(instance = sandbox.id(), error = %e, "runtime socket refused");
-                    }
-                    SandboxError::Crashed(format!("cannot reach the runtime of {}: {e}", code.name))
-                }),
+            Ok(()) => sandbox.connect().await.map(RuntimeConn::new).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    // A function tampered with its socket (issue 14).
+                    tracing::warn!(instance = sandbox.id(), error = %e, "runtime socket refused");
+                }
+                SandboxError::Crashed(format!("cannot reach the runtime of {}: {e}", code.name))
+            }),
             Err(e) => Err(e),
         };
         match conn {

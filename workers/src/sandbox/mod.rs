@@ -17,7 +17,6 @@ pub mod docker;
 pub mod guard;
 pub mod process;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -323,12 +322,11 @@ impl std::fmt::Display for Exit {
 pub trait Sandbox: Send + Sync {
     fn id(&self) -> &str;
     fn state(&self) -> SandboxState;
-    /// Where the runtime listens: a unix socket path, in a directory the
-    /// sandbox may write (so connect with `runtime::connect_own`).
-    fn address(&self) -> &Path;
-    /// The uid the runtime runs as: its socket's owner and the only peer
-    /// the worker talks to.
-    fn runtime_uid(&self) -> u32;
+    /// The worker's connection to the started runtime (once). The process
+    /// backend hands the runtime one end of a socket pair, so there is no
+    /// path a function could redirect; the Docker backend connects to a
+    /// socket in the container's scratch with `runtime::connect_own`.
+    async fn connect(&mut self) -> std::io::Result<tokio::net::UnixStream>;
     /// Starts the runtime and waits until it has loaded the function and
     /// listens; a function that fails to import gives `SandboxError::Load`.
     async fn start(&mut self) -> Result<(), SandboxError>;

@@ -104,6 +104,12 @@ impl Worker {
         Worker::start_with(opts, true)
     }
 
+    /// This worker's runtime processes whose command line names `script`
+    /// ([`runtime_pids_of`]).
+    pub fn runtime_pids(&self, script: &str) -> Vec<i32> {
+        runtime_pids_of(self.child.id(), &self.work_dir, script)
+    }
+
     /// What the worker has logged so far (`start_logged` only).
     pub fn log(&self) -> String {
         let path = self.log.as_ref().expect("started with start_logged");
@@ -290,6 +296,29 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     }
     out.sort();
     out
+}
+
+/// The runtime processes of the worker `pid` with `work_dir` whose command
+/// line names `script` (`ol_runtime.py`, `ol_zygote.py`): found by the
+/// worker's cgroups (as root, their paths are the isolated layout's, the
+/// same for every worker) or by the work dir in their command line (not
+/// root).
+pub fn runtime_pids_of(pid: u32, work_dir: &std::path::Path, script: &str) -> Vec<i32> {
+    let tag = format!("/ol-worker-{pid}/");
+    let own = work_dir.display().to_string();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        let cg = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+        if cmd.contains(script) && (cmd.contains(&own) || cg.contains(&tag)) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 pub fn is_root() -> bool {

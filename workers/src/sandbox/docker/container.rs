@@ -374,12 +374,8 @@ impl Sandbox for DockerSandbox {
         self.state
     }
 
-    fn address(&self) -> &Path {
-        &self.socket
-    }
-
-    fn runtime_uid(&self) -> u32 {
-        self.runs_as
+    async fn connect(&mut self) -> std::io::Result<tokio::net::UnixStream> {
+        crate::runtime::connect_own(&self.socket, self.runs_as).await
     }
 
     async fn start(&mut self) -> Result<(), SandboxError> {

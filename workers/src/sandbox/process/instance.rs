@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
+use super::jail::{self, Layout, Own};
 use super::zygote::{self, ForkRequest, Zygote};
 use crate::runtime::{self, FirstLine};
 use crate::sandbox::cgroup::InstanceCgroup;
@@ -31,6 +32,21 @@ pub(super) const ZYGOTE_OPEN_FILES: u64 = 4096;
 /// How long a zygote may take to import its package set.
 const ZYGOTE_START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The runtime's end of its channel to the worker, in a fresh runtime.
+const CHANNEL_FD: RawFd = 3;
+/// The runtime files' names in the worker's runtime dir.
+pub(super) const RUNTIME_FILE: &str = "ol_runtime.py";
+pub(super) const ZYGOTE_FILE: &str = "ol_zygote.py";
+
+/// Paths as the runtime sees them.
+struct Seen {
+    code: PathBuf,
+    dir: PathBuf,
+    runtime: PathBuf,
+    zygote_py: PathBuf,
+    packages: Vec<PathBuf>,
+}
+
 /// What a sandbox's process is.
 pub(super) enum Kind {
     /// A fresh runtime process.
@@ -45,7 +61,6 @@ pub struct ProcessSandbox {
     pub(super) id: String,
     pub(super) name: String,
     pub(super) dir: PathBuf,
-    pub(super) socket: PathBuf,
     pub(super) log: PathBuf,
     pub(super) code_dir: PathBuf,
     pub(super) env: Vec<(String, String)>,
@@ -59,6 +74,12 @@ pub struct ProcessSandbox {
     /// Package store directories for the function's `sys.path`.
     pub(super) packages: Vec<PathBuf>,
     pub(super) kind: Kind,
+    /// The isolated layout to enter (root with mount namespaces); `None`:
+    /// just processes.
+    pub(super) layout: Option<Arc<Layout>>,
+    pub(super) scratch_mb: u64,
+    /// The worker's end of the runtime's channel, until `connect`.
+    pub(super) conn: Option<std::os::unix::net::UnixStream>,
     /// The instance's own uid (root worker only), back to the pool on drop.
     pub(super) uid: Option<Uid>,
     pub(super) cgroup: Option<InstanceCgroup>,
@@ -74,35 +95,72 @@ impl ProcessSandbox {
         self.uid.as_ref().map(Uid::get)
     }
 
-    fn command(&mut self) -> std::io::Result<Command> {
+    /// Paths as the runtime sees them: inside the layout, or the host's.
+    fn seen(&self) -> Seen {
+        match &self.layout {
+            Some(l) => Seen {
+                code: PathBuf::from(jail::CODE),
+                dir: PathBuf::from(jail::SCRATCH),
+                runtime: Path::new(jail::RUNTIME_DIR).join(RUNTIME_FILE),
+                zygote_py: Path::new(jail::RUNTIME_DIR).join(ZYGOTE_FILE),
+                packages: self.packages.iter().map(|p| l.package_path(p)).collect(),
+            },
+            None => Seen {
+                code: self.code_dir.clone(),
+                dir: self.dir.clone(),
+                runtime: self.runtime.clone(),
+                zygote_py: self.zygote_py.clone(),
+                packages: self.packages.clone(),
+            },
+        }
+    }
+
+    fn own(&self) -> Own {
+        Own {
+            code: (!self.code_dir.as_os_str().is_empty()).then(|| self.code_dir.clone()),
+            scratch: self.dir.clone(),
+            scratch_mb: self.scratch_mb,
+        }
+    }
+
+    /// The runtime's process; `channel`: its end of the worker's socket
+    /// pair (fd 3 in the runtime), none for a zygote.
+    fn command(&mut self, channel: Option<RawFd>) -> std::io::Result<Command> {
+        let seen = self.seen();
         let mut cmd = Command::new(&self.python);
         cmd.arg("-I").arg("-S");
         let stdin = match &mut self.kind {
             Kind::Zygote(ctl) => {
-                cmd.arg(&self.zygote_py).arg("--runtime").arg(&self.runtime);
+                cmd.arg(&seen.zygote_py).arg("--runtime").arg(&seen.runtime);
                 let ctl = ctl
                     .take()
                     .ok_or_else(|| std::io::Error::other("zygote started twice"))?;
                 Stdio::from(ctl)
             }
             _ => {
-                cmd.arg(&self.runtime)
+                cmd.arg(&seen.runtime)
                     .arg("--code")
-                    .arg(&self.code_dir)
-                    .arg("--socket")
-                    .arg(&self.socket)
+                    .arg(&seen.code)
+                    .arg("--fd")
+                    .arg(CHANNEL_FD.to_string())
                     .arg("--name")
                     .arg(&self.name);
                 Stdio::null()
             }
         };
-        if !self.packages.is_empty() {
+        if !seen.packages.is_empty() {
             cmd.arg("--packages")
-                .arg(std::env::join_paths(&self.packages).map_err(std::io::Error::other)?);
+                .arg(std::env::join_paths(&seen.packages).map_err(std::io::Error::other)?);
         }
-        cmd.current_dir(&self.dir)
-            .env_clear()
-            .envs(runtime::base_env(&self.dir.display().to_string()))
+        let plan = match &self.layout {
+            Some(l) => Some(l.plan(&self.own())?),
+            None => {
+                cmd.current_dir(&self.dir);
+                None
+            }
+        };
+        cmd.env_clear()
+            .envs(runtime::base_env(&seen.dir.display().to_string()))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(stdin)
             .stdout(Stdio::piped())
@@ -140,6 +198,17 @@ impl ProcessSandbox {
                     let w = libc::write(fd, b"0".as_ptr().cast(), 1);
                     libc::close(fd);
                     check(w as libc::c_int)?;
+                }
+                // After the cgroup files (the layout has no /sys).
+                if let Some(plan) = &plan {
+                    plan.enter()?;
+                }
+                if let Some(fd) = channel {
+                    if fd == CHANNEL_FD {
+                        check(libc::fcntl(fd, libc::F_SETFD, 0))?;
+                    } else {
+                        check(libc::dup2(fd, CHANNEL_FD))?;
+                    }
                 }
                 let limit = |res, v: u64| {
                     let r = libc::rlimit {
@@ -228,25 +297,29 @@ impl ProcessSandbox {
             Ok(f) => f.into(),
             Err(e) => return Some(Err(setup(e))),
         };
-        let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
+        let pair = || std::os::unix::net::UnixStream::pair();
+        let ((ours, theirs), (rt_ours, rt_theirs)) = match pair().and_then(|a| Ok((a, pair()?))) {
             Ok(p) => p,
             Err(e) => return Some(Err(setup(e))),
         };
         let theirs: OwnedFd = theirs.into();
+        let rt_theirs: OwnedFd = rt_theirs.into();
+        self.conn = Some(rt_ours);
+        let seen = self.seen();
         let req = ForkRequest {
-            code: self.code_dir.clone(),
-            socket: self.socket.clone(),
+            code: seen.code,
             name: self.name.clone(),
-            dir: self.dir.clone(),
-            env: runtime::base_env(&self.dir.display().to_string())
+            dir: seen.dir.clone(),
+            env: runtime::base_env(&seen.dir.display().to_string())
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .chain(self.env.iter().cloned())
                 .collect(),
-            packages: self.packages.clone(),
+            packages: seen.packages,
             uid: self.uid(),
             userns: self.uid.is_some(),
             netns: self.private_network,
+            mntns: self.layout.is_some(),
             nproc: self.uid().map(|_| self.limits.procs),
             nofile: self.limits.open_files,
             as_bytes: self
@@ -255,7 +328,8 @@ impl ProcessSandbox {
                 .then(|| (self.limits.memory_mb * 1024 * 1024).max(64 << 20)),
         };
         let zy = z.clone();
-        let forked = tokio::task::spawn_blocking(move || zy.fork(&req, &log, &theirs)).await;
+        let forked =
+            tokio::task::spawn_blocking(move || zy.fork(&req, &log, &theirs, &rt_theirs)).await;
         let pid = match forked {
             Ok(Ok(pid)) => pid,
             Ok(Err(e)) => {
@@ -329,7 +403,13 @@ impl ProcessSandbox {
             }
             Ok(())
         };
-        let prepared = prepare();
+        let mut prepared = prepare();
+        if let (Ok(()), Some(_)) = (&prepared, &self.layout) {
+            let own = self.own();
+            prepared = tokio::task::spawn_blocking(move || jail::attach(pid, &own))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        }
         let go = match prepared {
             Ok(()) => reader.get_mut().write_all(b"go\n").await,
             Err(e) => Err(e),
@@ -364,13 +444,13 @@ impl Sandbox for ProcessSandbox {
         self.state
     }
 
-    fn address(&self) -> &Path {
-        &self.socket
-    }
-
-    fn runtime_uid(&self) -> u32 {
-        // Without a uid of its own it runs as the worker.
-        self.uid().unwrap_or_else(|| unsafe { libc::geteuid() })
+    async fn connect(&mut self) -> std::io::Result<tokio::net::UnixStream> {
+        let conn = self
+            .conn
+            .take()
+            .ok_or_else(|| std::io::Error::other("runtime channel already taken"))?;
+        conn.set_nonblocking(true)?;
+        tokio::net::UnixStream::from_std(conn)
     }
 
     async fn start(&mut self) -> Result<(), SandboxError> {
@@ -389,9 +469,21 @@ impl Sandbox for ProcessSandbox {
             Kind::Zygote(_) => ZYGOTE_START_TIMEOUT,
             _ => START_TIMEOUT,
         };
-        let mut child = self.command().and_then(|mut c| c.spawn()).map_err(|e| {
-            SandboxError::Setup(format!("cannot start {}: {e}", self.python.display()))
-        })?;
+        let python = self.python.display().to_string();
+        let setup = |e: std::io::Error| SandboxError::Setup(format!("cannot start {python}: {e}"));
+        let theirs = match self.kind {
+            Kind::Zygote(_) => None,
+            _ => {
+                let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(setup)?;
+                self.conn = Some(ours);
+                Some(theirs)
+            }
+        };
+        let spawned = self
+            .command(theirs.as_ref().map(|t| t.as_raw_fd()))
+            .and_then(|mut c| c.spawn());
+        drop(theirs); // the runtime holds its end now
+        let mut child = spawned.map_err(setup)?;
         self.pgid = child.id().unwrap_or(0) as i32;
         let stdout = child.stdout.take().expect("stdout is piped");
         self.child = Some(child);

@@ -1,16 +1,22 @@
 //! The process backend: each instance is a Python runtime process.
 //!
-//! Isolation, when the worker runs as root: every instance gets its own
-//! uid (no passwd entry needed) and a private 0700 directory for scratch
-//! files and its socket, so handlers cannot read the worker's files or
-//! each other's scratch space; its own session and process group; and a
-//! cgroup (memory, pids, CPU, freezer) joined before exec; and, unless
-//! its `ol.yaml` says `network: egress`, a network namespace of its own, so
-//! it cannot reach the worker, the proxy or anything else over TCP/UDP
-//! (the unix socket to the worker is a path, not a network address).
+//! Isolation, when the worker runs as root and mount namespaces work (the
+//! default; `jail` draws the layout): every instance runs in a mount
+//! namespace of its own whose root is a read-only skeleton with the host's
+//! `/usr`, a few generated `/etc` files, its own code at `/code`, its own
+//! size-capped tmpfs at `/tmp` (also `/host/tmp`) and `/dev/shm`, and a
+//! `/proc` that shows only its own processes; nothing else of the host.
+//! It also gets its own uid (from the worker's claimed range), session,
+//! cgroup (memory, pids, CPU, freezer) joined before exec, and, unless the
+//! operator gave it egress, a network namespace of its own (no interfaces
+//! but a down loopback). The worker talks to it over a socket pair made
+//! before the fork, so no path exists that a function could redirect.
 //! Without cgroups, rlimits bound memory and processes and SIGSTOP pauses.
 //! An egress function on this backend shares the host's network: use the
 //! Docker backend for egress that cannot reach internal addresses.
+//!
+//! Not root ("just processes"): instances run as the worker's user and see
+//! what it sees; the start-up log says so loudly. For development only.
 //!
 //! A function's `requirements.txt` pins are installed into the worker's
 //! package store (`crate::code::packages`) before its instance is created,
@@ -23,6 +29,7 @@
 //! sandbox's process, started fresh or forked.
 
 mod instance;
+mod jail;
 mod zygote;
 
 use std::collections::BTreeSet;
@@ -36,7 +43,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use config::worker::ZygotesConfig;
 
-use self::instance::{Kind, ProcessSandbox, ZYGOTE_OPEN_FILES, ZYGOTE_PROCS};
+use self::instance::{
+    Kind, ProcessSandbox, RUNTIME_FILE, ZYGOTE_FILE, ZYGOTE_OPEN_FILES, ZYGOTE_PROCS,
+};
+use self::jail::Layout;
 use self::zygote::{Zygote, Zygotes};
 use crate::code::packages::{PackageError, PackageStore, Pin};
 use crate::code::registry::CodeVersion;
@@ -68,6 +78,10 @@ struct Inner {
     uids: Option<UidPool>,
     /// Size of each instance's scratch tmpfs (root only).
     scratch_mb: u64,
+    /// The isolated layout (root, mount namespaces); `None`: just processes.
+    layout: Option<Arc<Layout>>,
+    /// What `describe` says about the layout.
+    layout_note: String,
     next_id: AtomicU64,
     packages: Arc<PackageStore>,
     zygotes: Zygotes,
@@ -91,11 +105,15 @@ impl ProcessManager {
         fsutil::set_mode(&instances_dir, 0o711)?;
         fsutil::set_mode(&logs_dir, 0o700)?;
         fsutil::clear_instances(&instances_dir);
+        // Without the layout, sandbox uids reach their code by path.
         fsutil::set_mode(&work.join("code"), 0o755)?;
-        let runtime = work.join("ol_runtime.py");
+        let runtime_dir = work.join("runtime");
+        fs::create_dir_all(&runtime_dir)?;
+        fsutil::set_mode(&runtime_dir, 0o755)?;
+        let runtime = runtime_dir.join(RUNTIME_FILE);
         fs::write(&runtime, RUNTIME_PY)?;
         fsutil::set_mode(&runtime, 0o644)?;
-        let zygote_py = work.join("ol_zygote.py");
+        let zygote_py = runtime_dir.join(ZYGOTE_FILE);
         fs::write(&zygote_py, ZYGOTE_PY)?;
         fsutil::set_mode(&zygote_py, 0o644)?;
         let packages = Arc::new(PackageStore::new(work, &cfg.python, &cfg.packages)?);
@@ -109,6 +127,34 @@ impl ProcessManager {
         if root {
             check_traversable(work)?;
         }
+        let (layout, layout_note) = if root {
+            match isolated_layout(work, &cfg.python, &runtime_dir, &instances_dir) {
+                Ok(l) => {
+                    // Nothing in a sandbox reaches these by path any more.
+                    fsutil::set_mode(&work.join("code"), 0o700)?;
+                    fsutil::set_mode(&instances_dir, 0o700)?;
+                    (
+                    Some(Arc::new(l)),
+                    "; each in its own mount namespace (read-only root, own code, private /tmp and /dev/shm)".to_string(),
+                )
+                }
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "NO ISOLATED LAYOUT: mount namespaces unavailable, so functions see the host's files (its /etc, /tmp, other functions' code); run as root where namespaces work, or use the Docker backend"
+                    );
+                    (
+                        None,
+                        format!("; NO mount namespace ({e}): functions see the host's files"),
+                    )
+                }
+            }
+        } else {
+            tracing::error!(
+                "JUST PROCESSES: the worker is not root, so its sandboxes isolate nothing: every function runs as the worker's user and sees its files; use this for development only"
+            );
+            (None, "; JUST PROCESSES: nothing is isolated".to_string())
+        };
         let (cgroups, cgroup_note) = if root {
             match Cgroups::detect() {
                 Ok(c) => {
@@ -148,6 +194,8 @@ impl ProcessManager {
             cgroup_note,
             uids,
             scratch_mb: cfg.instances.scratch_mb,
+            layout,
+            layout_note,
             next_id: AtomicU64::new(1),
             packages,
             zygotes: Zygotes::default(),
@@ -302,7 +350,6 @@ impl Inner {
             id: id.to_string(),
             name: name.to_string(),
             dir: self.instances_dir.join(id),
-            socket: self.instances_dir.join(id).join("rt.sock"),
             log: self.logs_dir.join(format!("{id}.log")),
             code_dir,
             env,
@@ -313,6 +360,9 @@ impl Inner {
             zygote_py: self.zygote_py.clone(),
             packages,
             kind,
+            layout: self.layout.clone(),
+            scratch_mb: self.scratch_mb,
+            conn: None,
             uid,
             cgroup: None,
             child: None,
@@ -375,6 +425,43 @@ fn probe_userns(python: &Path, uid: u32) -> Result<(), String> {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(format!("probe exited with {s}")),
         Err(e) => Err(format!("unshare(CLONE_NEWUSER) as uid {uid}: {e}")),
+    }
+}
+
+/// Builds the isolated layout and enters it once with a throw-away
+/// process, so that a machine without mount namespaces says so at start
+/// instead of failing every cold start.
+fn isolated_layout(
+    work: &Path,
+    python: &Path,
+    runtime_dir: &Path,
+    instances_dir: &Path,
+) -> std::io::Result<Layout> {
+    use std::os::unix::process::CommandExt;
+    let layout = Layout::prepare(work, python, runtime_dir)?;
+    let scratch = instances_dir.join("probe");
+    fs::create_dir_all(&scratch)?;
+    let plan = layout.plan(&jail::Own {
+        code: None,
+        scratch: scratch.clone(),
+        scratch_mb: 1,
+    })?;
+    let mut cmd = std::process::Command::new(python);
+    cmd.args(["-I", "-S", "-c", "import os; os.listdir('/tmp')"])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: `enter` makes only system calls on prepared strings.
+    unsafe { cmd.pre_exec(move || plan.enter()) };
+    let status = cmd.status();
+    let _ = fs::remove_dir(&scratch);
+    match status {
+        Ok(s) if s.success() => Ok(layout),
+        Ok(s) => Err(std::io::Error::other(format!(
+            "python in the layout exited with {s}"
+        ))),
+        Err(e) => Err(e),
     }
 }
 
@@ -449,8 +536,8 @@ impl SandboxManager for ProcessManager {
             None => "the worker's own user (not root)".to_string(),
         };
         format!(
-            "process sandboxes: limits by {}; handlers run as {users}{}",
-            self.inner.cgroup_note, self.inner.zygote_note
+            "process sandboxes: limits by {}; handlers run as {users}{}{}",
+            self.inner.cgroup_note, self.inner.layout_note, self.inner.zygote_note
         )
     }
 

@@ -17,21 +17,23 @@
 //! holds any privilege:
 //! - A zygote is started like an instance: its own uid from the sandbox
 //!   pool, its own cgroup (`zygotes.memory_mb`), session and private
-//!   network namespace, PDEATHSIG, a private 0700 scratch dir, no
-//!   capabilities. Its control socket is its stdin (a socketpair with the
+//!   network namespace, the isolated layout with no function's code in
+//!   it, PDEATHSIG, a private scratch tmpfs, no capabilities. Its control socket is its stdin (a socketpair with the
 //!   worker), so nothing else can ask it to fork.
 //! - A forked child cannot change uid by itself, so it unshares a user
 //!   namespace (and a network namespace) and the worker, root outside,
-//!   writes a one-line map of the instance's own uid and gid into it and
-//!   moves the child into the instance's cgroup; only then does the child
+//!   writes a one-line map of the instance's own uid and gid into it,
+//!   moves the child into the instance's cgroup and (in the isolated
+//!   layout, `super::jail`) moves the instance's own code and scratch into
+//!   the mount namespace the child unshared with it; only then does the child
 //!   switch to that uid, clear every capability (it had them only inside
 //!   its new namespace, over nothing but its own uid), set no_new_privs
 //!   and PDEATHSIG, and import the function. The worker checks
 //!   `/proc/<pid>/status` (uid, gid, no effective capabilities) before it
 //!   connects. The instance thus ends up as a fresh one would: its own
-//!   uid, cgroup (memory, pids, cpu, freezer), network namespace, session
-//!   and scratch dir; it also sees files of other uids as owned by
-//!   `nobody`, and setuid binaries do not work in it.
+//!   uid, cgroup (memory, pids, cpu, freezer), network and mount
+//!   namespaces, session and scratch dir; it also sees files of other
+//!   uids as owned by `nobody`, and setuid binaries do not work in it.
 //! - Trade-off: zygotes are started by the worker, not forked from their
 //!   parent zygote as in SOCK. A zygote forked from a zygote would sit in
 //!   a nested user namespace, where the worker cannot map instance uids
@@ -64,7 +66,6 @@ const FORK_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Serialize)]
 pub struct ForkRequest {
     pub code: PathBuf,
-    pub socket: PathBuf,
     pub name: String,
     pub dir: PathBuf,
     pub env: HashMap<String, String>,
@@ -73,6 +74,9 @@ pub struct ForkRequest {
     pub uid: Option<u32>,
     pub userns: bool,
     pub netns: bool,
+    /// A mount namespace of its own (the worker then attaches the
+    /// instance's code and scratch into it: `super::jail::attach`).
+    pub mntns: bool,
     pub nproc: Option<u64>,
     /// RLIMIT_NOFILE (lowered from the zygote's, never raised).
     pub nofile: u64,
@@ -114,18 +118,26 @@ impl Zygote {
     /// Asks the zygote to fork; returns the child's pid. Blocking (a few
     /// hundred microseconds): call from `spawn_blocking`. An error means
     /// the zygote is unusable and has been marked dead.
-    pub fn fork(&self, req: &ForkRequest, log: &OwnedFd, chan: &OwnedFd) -> io::Result<i32> {
-        let res = self.fork_inner(req, log, chan);
+    /// `log`: its stderr; `chan`: the zygote's reports about it; `rt`: its
+    /// runtime's channel to the worker.
+    pub fn fork(
+        &self,
+        req: &ForkRequest,
+        log: &OwnedFd,
+        chan: &OwnedFd,
+        rt: &OwnedFd,
+    ) -> io::Result<i32> {
+        let res = self.fork_inner(req, &[log.as_raw_fd(), chan.as_raw_fd(), rt.as_raw_fd()]);
         if res.is_err() {
             self.dead.store(true, Relaxed);
         }
         res
     }
 
-    fn fork_inner(&self, req: &ForkRequest, log: &OwnedFd, chan: &OwnedFd) -> io::Result<i32> {
+    fn fork_inner(&self, req: &ForkRequest, fds: &[RawFd]) -> io::Result<i32> {
         let msg = serde_json::to_vec(req)?;
         let ctl = self.ctl.lock().unwrap();
-        send_with_fds(ctl.as_raw_fd(), &msg, &[log.as_raw_fd(), chan.as_raw_fd()])?;
+        send_with_fds(ctl.as_raw_fd(), &msg, fds)?;
         let mut buf = [0u8; 4096];
         let n = unsafe { libc::recv(ctl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
