@@ -140,6 +140,11 @@ pub struct InstancesConfig {
     /// the sandbox, its pages count against the instance's memory limit,
     /// and nothing reaches the host's disk.
     pub scratch_mb: u64,
+    /// Process backend, root worker: each instance in its own mount
+    /// namespace (read-only root, its own code, `/tmp` and `/dev/shm`).
+    /// `false` lets functions see the host's files: for measuring its cost
+    /// only (the worker says so loudly at start).
+    pub mount_namespace: bool,
 }
 
 /// Default per-instance limits; a function's `ol.yaml` may lower or raise
@@ -385,6 +390,7 @@ impl Default for InstancesConfig {
             evict_after_ms: 120_000,
             memory_budget_mb: 4096,
             scratch_mb: 64,
+            mount_namespace: true,
         }
     }
 }

@@ -592,3 +592,26 @@ fn a_killed_workers_instances_do_not_outlive_it() {
     }
     assert_eq!(mounted(), 0, "scratch mounts outlived their worker");
 }
+
+/// `instances.mount_namespace = false` (the benchmark's peer) really
+/// turns the layout off, and the worker says so loudly at start.
+#[test]
+fn turning_the_mount_namespace_off_is_loud() {
+    if !common::is_root() {
+        eprintln!("SKIPPED turning_the_mount_namespace_off_is_loud: needs root (mount namespaces)");
+        return;
+    }
+    let w = Worker::start_logged(Options {
+        toml: "[instances]\nmount_namespace = false\n",
+        ..Default::default()
+    });
+    add(&w, "peek", &[("f.py", PEEK)]);
+    let r = w.post("/run/peek", br#"{"paths": ["/etc/passwd"]}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("daemon:"),
+        "not the host's passwd: {}",
+        r.body
+    );
+    assert!(w.log().contains("NO MOUNT NAMESPACE"), "{}", w.log());
+}

@@ -127,7 +127,15 @@ impl ProcessManager {
         if root {
             check_traversable(work)?;
         }
-        let (layout, layout_note) = if root {
+        let (layout, layout_note) = if root && !cfg.instances.mount_namespace {
+            tracing::error!(
+                "NO MOUNT NAMESPACE (instances.mount_namespace = false): functions see the host's files (its /etc, /tmp, other functions' code)"
+            );
+            (
+                None,
+                "; NO mount namespace (turned off): functions see the host's files".to_string(),
+            )
+        } else if root {
             match isolated_layout(work, &cfg.python, &runtime_dir, &instances_dir) {
                 Ok(l) => {
                     // Nothing in a sandbox reaches these by path any more.
