@@ -108,8 +108,6 @@ def _reap(signum, frame):
 
 def _child(req, fds, zygote_pid, rt, libc):
     log_fd, chan_fd, rt_fd = fds
-    for fd in _children.values():
-        os.close(fd)
     _children.clear()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
@@ -121,6 +119,10 @@ def _child(req, fds, zygote_pid, rt, libc):
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # fd 0 was the zygote's socket to the worker
     os.close(null)
+    # Nothing else of the zygote's: other instances' channels, and files
+    # its imports opened, which every forked instance would share.
+    os.closerange(3, rt_fd)
+    os.closerange(rt_fd + 1, 1 << 16)
     flags = (
         (CLONE_NEWUSER if req["userns"] else 0)
         | (CLONE_NEWNET if req["netns"] else 0)

@@ -153,6 +153,25 @@ def f(event):
     return {p: _peek(p) for p in event["paths"]}
 "#;
 
+/// A function's own view of its layout.
+const LAYOUT: &str = r#"import os
+
+def f(event):
+    writes = {}
+    for d in ("/", "/code", "/usr", "/etc", "/packages", "/ol", "/tmp"):
+        try:
+            with open(os.path.join(d, "planted"), "w") as out:
+                out.write("x")
+            writes[d] = "wrote"
+        except OSError as e:
+            writes[d] = e.strerror
+    me = os.getuid()
+    others = [p for p in os.listdir("/proc") if p.isdigit() and os.stat("/proc/" + p).st_uid != me]
+    shared = [l for l in open("/proc/self/mountinfo") if " shared:" in l]
+    return {"writes": writes, "old": os.listdir("/.old") if os.path.isdir("/.old") else [],
+            "others": others, "shared": shared}
+"#;
+
 /// A function used to read any world-readable host file (the proxy's
 /// config and its admin token, /etc/passwd), every other function's code
 /// and `ol.yaml` with its secrets, and the worker's work dir. Now each
@@ -244,6 +263,24 @@ fn a_function_sees_its_own_code_and_nothing_of_the_host() {
             "{toml}: {}",
             r.body
         );
+        // The layout itself: read-only where it should be, the old root
+        // gone, only its own processes in /proc, no mount shared with the
+        // host (a mount made inside would appear there).
+        add(&w, "layout", &[("f.py", LAYOUT)]);
+        let r = w.post("/run/layout", b"{}");
+        assert_eq!(r.status, 200, "{toml}: {}", r.body);
+        let l: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        for p in ["/", "/code", "/usr", "/etc", "/packages", "/ol"] {
+            assert_ne!(l["writes"][p], "wrote", "{toml}: wrote into {p}: {l}");
+        }
+        assert_eq!(l["writes"]["/tmp"], "wrote", "{toml}: {l}");
+        assert_eq!(l["old"], serde_json::json!([]), "{toml}: the old root: {l}");
+        assert_eq!(
+            l["others"],
+            serde_json::json!([]),
+            "{toml}: other processes: {l}"
+        );
+        assert_eq!(l["shared"], serde_json::json!([]), "{toml}: {l}");
         let root = got("/");
         for name in ["code", "tmp", "usr"] {
             assert!(root.contains(name), "{toml}: / lacks {name}: {root}");

@@ -157,7 +157,13 @@ fn unreachable_work_dir_is_refused_at_start() {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .unwrap();
+    // Only without the mount namespace do sandbox users reach their code
+    // by path (in it, the code is bound in by root).
+    let cfg = dir.path().join("worker.toml");
+    std::fs::write(&cfg, "[instances]\nmount_namespace = false\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ol-worker"))
+        .arg("--config")
+        .arg(&cfg)
         .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
         .arg("--registry")
         .arg(common::repo_root().join("examples/functions"))
@@ -171,6 +177,45 @@ fn unreachable_work_dir_is_refused_at_start() {
         err.contains("sandbox users cannot reach their code"),
         "{err}"
     );
+}
+
+/// A root worker that cannot build its instances' mount namespace (here:
+/// a python whose prefix holds the work dir, which the layout would show)
+/// refuses to start with one line naming the way out, instead of running
+/// functions that see the host.
+#[test]
+fn a_root_worker_without_its_layout_refuses_to_start() {
+    if !is_root() {
+        eprintln!("SKIPPED: a_root_worker_without_its_layout_refuses_to_start needs root (mount namespaces)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy("/usr/bin/python3", bin.join("python3")).unwrap();
+    let cfg = dir.path().join("worker.toml");
+    std::fs::write(
+        &cfg,
+        format!("python = {:?}\n", bin.join("python3").display().to_string()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ol-worker"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .arg("--registry")
+        .arg(common::repo_root().join("examples/functions"))
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot give instances their own mount namespace"),
+        "{err}"
+    );
+    assert!(err.contains("mount_namespace = false"), "{err}");
 }
 
 const NET_PROBE: &str = r#"

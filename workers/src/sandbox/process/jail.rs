@@ -32,10 +32,13 @@
 //!   its mount namespace, owned by the child's new user namespace), whose
 //!   `/code`, `/tmp` and `/dev/shm` are the zygote's. Before the child may
 //!   go on, [`attach`] (run by the worker, root outside) clones the
-//!   child's own code and scratch as detached mounts on the host, enters
-//!   the child's mount namespace and moves them onto those paths, and
-//!   mounts its `/dev/shm`. The zygote (package code, its own uid) never
-//!   sees any function's code or scratch: they are not in its namespace.
+//!   child's own code and scratch as detached private mounts on the host,
+//!   enters the child's mount namespace and moves them onto those paths,
+//!   and mounts its `/dev/shm`. A function's code and scratch are never in
+//!   the zygote's own namespace. The zygote does hold capabilities in its
+//!   children's user namespaces (it owns them), so package code in a
+//!   zygote can reach the instances forked from it, which import that
+//!   package anyway; never other instances (see `super::zygote`).
 
 use std::ffi::CString;
 use std::fs;
@@ -98,13 +101,23 @@ impl Layout {
                 Err(_) => {}
             }
         }
-        // A Python installed outside /usr (pyenv, /opt): its prefix too.
+        // A Python installed outside /usr (pyenv, /opt): its prefix too,
+        // if that is a directory of its own (not `/`, not one holding the
+        // work dir).
         let python = fs::canonicalize(python)?;
         if !python.starts_with("/usr") {
             let prefix = python
                 .parent()
                 .and_then(Path::parent)
                 .ok_or_else(|| io::Error::other("python has no prefix"))?;
+            let work = fs::canonicalize(work)?;
+            if prefix.components().count() < 3 || work.starts_with(prefix) {
+                return Err(io::Error::other(format!(
+                    "python {} lives in {}, which would show too much of the host to functions; use a python under /usr or its own directory",
+                    python.display(),
+                    prefix.display()
+                )));
+            }
             let inside = prefix.strip_prefix("/").unwrap_or(prefix);
             binds.push((prefix.to_path_buf(), inside.display().to_string()));
         }
@@ -276,12 +289,14 @@ impl Plan {
                 libc::MS_BIND,
                 null.cast(),
             ))?;
+            // Not recursive: a mount below a source stays out of view
+            // (and so cannot stay writable under a read-only bind).
             for (src, dst, flags) in &self.binds {
                 check(libc::mount(
                     src.as_ptr(),
                     dst.as_ptr(),
                     null,
-                    libc::MS_BIND | libc::MS_REC,
+                    libc::MS_BIND,
                     null.cast(),
                 ))?;
                 check(libc::mount(
@@ -424,10 +439,12 @@ unsafe fn attach_in_helper(
         if fd < 0 {
             return Err(errno());
         }
+        // Private: a clone of a shared mount would stay in its peer group,
+        // so a mount made on it inside the child would appear on the host.
         let attr = MountAttr {
             attr_set: attrs,
             attr_clr: 0,
-            propagation: 0,
+            propagation: libc::MS_PRIVATE as u64,
             userns_fd: 0,
         };
         let r = libc::syscall(

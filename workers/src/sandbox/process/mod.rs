@@ -124,9 +124,6 @@ impl ProcessManager {
             );
         }
         let root = unsafe { libc::geteuid() } == 0;
-        if root {
-            check_traversable(work)?;
-        }
         let (layout, layout_note) = if root && !cfg.instances.mount_namespace {
             tracing::error!(
                 "NO MOUNT NAMESPACE (instances.mount_namespace = false): functions see the host's files (its /etc, /tmp, other functions' code)"
@@ -146,16 +143,10 @@ impl ProcessManager {
                     "; each in its own mount namespace (read-only root, own code, private /tmp and /dev/shm)".to_string(),
                 )
                 }
-                Err(e) => {
-                    tracing::error!(
-                        error = %e,
-                        "NO ISOLATED LAYOUT: mount namespaces unavailable, so functions see the host's files (its /etc, /tmp, other functions' code); run as root where namespaces work, or use the Docker backend"
-                    );
-                    (
-                        None,
-                        format!("; NO mount namespace ({e}): functions see the host's files"),
-                    )
-                }
+                // Fail closed: running without it is the operator's call.
+                Err(e) => anyhow::bail!(
+                    "cannot give instances their own mount namespace ({e}); set `mount_namespace = false` under [instances] to run without one (functions then see the host's files)"
+                ),
             }
         } else {
             tracing::error!(
@@ -192,8 +183,18 @@ impl ProcessManager {
                 zygote_note = "; cold starts fork from zygotes".into();
             }
         }
+        if root && layout.is_none() {
+            // Without the layout, sandbox uids reach their code by path.
+            check_traversable(work)?;
+        }
+        // In the layout, by its real path: a link (a venv's python) may
+        // point out of a directory the layout shows.
+        let python = match layout {
+            Some(_) => fs::canonicalize(&cfg.python)?,
+            None => cfg.python.clone(),
+        };
         let inner = Arc::new(Inner {
-            python: cfg.python.clone(),
+            python,
             runtime,
             zygote_py,
             instances_dir,
@@ -278,7 +279,16 @@ impl Inner {
                 .await
                 .map_err(|e| e.to_string())?;
             match sb.start().await {
-                Ok(()) => Ok(Arc::new(Zygote::new(id, keys.clone(), ours, Box::new(sb)))),
+                Ok(()) => {
+                    let pid = sb.pgid;
+                    Ok(Arc::new(Zygote::new(
+                        id,
+                        keys.clone(),
+                        ours,
+                        pid,
+                        Box::new(sb),
+                    )))
+                }
                 Err(e) => {
                     let log = sb.logs(1024);
                     sb.remove().await;
@@ -446,6 +456,7 @@ fn isolated_layout(
     instances_dir: &Path,
 ) -> std::io::Result<Layout> {
     use std::os::unix::process::CommandExt;
+    let python = &fs::canonicalize(python)?;
     let layout = Layout::prepare(work, python, runtime_dir)?;
     let scratch = instances_dir.join("probe");
     fs::create_dir_all(&scratch)?;

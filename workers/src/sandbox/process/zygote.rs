@@ -88,6 +88,8 @@ pub struct Zygote {
     /// Package keys (`<name>-<version>`) it has imported.
     pub keys: BTreeSet<String>,
     pub id: String,
+    /// Its process: every pid it reports must be its child.
+    pid: i32,
     /// The worker's end of the control socket (SOCK_SEQPACKET).
     ctl: Mutex<OwnedFd>,
     dead: AtomicBool,
@@ -100,11 +102,13 @@ impl Zygote {
         id: String,
         keys: BTreeSet<String>,
         ctl: OwnedFd,
+        pid: i32,
         sandbox: Box<dyn crate::sandbox::Sandbox>,
     ) -> Zygote {
         Zygote {
             keys,
             id,
+            pid,
             ctl: Mutex::new(ctl),
             dead: AtomicBool::new(false),
             sandbox: tokio::sync::Mutex::new(Some(sandbox)),
@@ -151,10 +155,28 @@ impl Zygote {
         }
         let v: serde_json::Value = serde_json::from_slice(&buf[..n as usize])?;
         match v["pid"].as_i64() {
-            Some(pid) if pid > 0 => Ok(pid as i32),
+            // The worker maps, moves and later kills this pid (and its
+            // group) as root: it must be the zygote's own child, not any
+            // process a hostile zygote names.
+            Some(pid) if pid > 0 && parent_of(pid as i32) == Some(self.pid) => Ok(pid as i32),
+            Some(pid) if pid > 0 => Err(io::Error::other(format!(
+                "zygote reported pid {pid}, which is not its child"
+            ))),
             _ => Err(io::Error::other(format!("zygote refused to fork: {v}"))),
         }
     }
+}
+
+/// The parent pid of `pid` (`/proc/<pid>/stat`), if it runs.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's closing parenthesis: state, then ppid.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// A SOCK_SEQPACKET socketpair (close-on-exec): message boundaries kept,
