@@ -444,7 +444,7 @@ unsafe fn attach_in_helper(
         let attr = MountAttr {
             attr_set: attrs,
             attr_clr: 0,
-            propagation: libc::MS_PRIVATE as u64,
+            propagation: libc::MS_PRIVATE,
             userns_fd: 0,
         };
         let r = libc::syscall(
