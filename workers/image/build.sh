@@ -99,7 +99,7 @@ chmod 1777 "$root/tmp"
 install -m 0644 "$runtime" "$root/opt/ol-edge/ol_runtime.py"
 
 # The image must still run the runtime's imports as an unprivileged user.
-chroot "$root" /usr/bin/python3 -I -S -c 'import json, socket, struct, io, os, traceback, importlib.util, time, hashlib, ssl, sqlite3' || {
+chroot "$root" /usr/bin/python3 -I -S -c 'import json, socket, struct, io, os, traceback, importlib.util, time, hashlib, ssl, sqlite3, ctypes' || {
   echo "build.sh: the stripped image cannot import the runtime's modules" >&2
   exit 1
 }

@@ -279,7 +279,40 @@ def _deferred(sock_path, ready, packages):
     return 0
 
 
+def _block_io_uring():
+    """Installs the seccomp filter of workers/src/sandbox/seccomp.rs (the
+    same program): io_uring_setup/enter/register fail with ENOSYS. Stacked
+    on the container's own profile; needs no_new_privs, set here too."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class Op(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
+                    ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Op))]
+
+    ops = (Op * 7)(
+        Op(0x20, 0, 0, 0),  # load the syscall number
+        Op(0x54, 0, 0, 0xBFFFFFFF),  # clear the x32 bit
+        Op(0x15, 3, 0, 425),  # io_uring_setup
+        Op(0x15, 2, 0, 426),  # io_uring_enter
+        Op(0x15, 1, 0, 427),  # io_uring_register
+        Op(0x06, 0, 0, 0x7FFF0000),  # allow
+        Op(0x06, 0, 0, 0x00050000 | 38),  # ENOSYS
+    )
+    prog = Prog(len(ops), ops)
+    if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(prog)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot install the io_uring filter: {os.strerror(err)}")
+
+
 def main(argv):
+    if "--block-io-uring" in argv:
+        argv = [a for a in argv if a != "--block-io-uring"]
+        _block_io_uring()
     args = dict(zip(argv[1::2], argv[2::2]))
     code, sock_path, name = args.get("--code"), args.get("--socket"), args.get("--name", "f")
     packages = [p for p in (args.get("--packages") or "").split(os.pathsep) if p]

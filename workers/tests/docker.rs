@@ -252,6 +252,30 @@ fn handlers_cannot_reach_the_worker_or_the_host() {
     );
 }
 
+/// Docker 20.10's default profile allows io_uring; the runtime stacks a
+/// filter that refuses it (ENOSYS) before any function code runs.
+#[test]
+fn io_uring_is_refused_in_a_container() {
+    if !engine("io_uring_is_refused_in_a_container") {
+        return;
+    }
+    let w = docker_worker("");
+    let probe = r#"import ctypes
+
+def f(event):
+    libc = ctypes.CDLL(None, use_errno=True)
+    params = (ctypes.c_char * 120)()
+    fd = libc.syscall(425, 4, params)
+    return {"fd": fd, "errno": ctypes.get_errno()}
+"#;
+    add_function(&w, "uring", probe, "");
+    let r = w.post("/run/uring", b"{}");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["fd"], -1, "io_uring_setup worked: {v}");
+    assert_eq!(v["errno"], libc::ENOSYS, "{v}");
+}
+
 #[test]
 fn pause_unpause_round_trip() {
     if !engine("pause_unpause_round_trip") {

@@ -652,3 +652,38 @@ fn turning_the_mount_namespace_off_is_loud() {
     );
     assert!(w.log().contains("NO MOUNT NAMESPACE"), "{}", w.log());
 }
+
+/// io_uring submissions bypass per-syscall filtering (and Docker before 25
+/// allowed them): every instance now gets ENOSYS from io_uring_setup.
+const IO_URING_PROBE: &str = r#"import ctypes
+
+def f(event):
+    libc = ctypes.CDLL(None, use_errno=True)
+    params = (ctypes.c_char * 120)()
+    fd = libc.syscall(425, 4, params)
+    return {"fd": fd, "errno": ctypes.get_errno()}
+"#;
+
+#[test]
+fn io_uring_is_refused_in_every_instance() {
+    for toml in ["", "[zygotes]\nenabled = false\n"] {
+        let w = Worker::start(Options {
+            toml,
+            ..Default::default()
+        });
+        add(&w, "uring", &[("f.py", IO_URING_PROBE)]);
+        let start = if common::is_root() {
+            expected_start(&w, toml)
+        } else {
+            ""
+        };
+        let r = w.post("/run/uring", b"{}");
+        assert_eq!(r.status, 200, "{toml}: {}", r.body);
+        if !start.is_empty() {
+            assert_eq!(r.start(), start, "{toml}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["fd"], -1, "{toml}: io_uring_setup worked: {v}");
+        assert_eq!(v["errno"], libc::ENOSYS, "{toml}: {v}");
+    }
+}

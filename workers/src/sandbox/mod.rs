@@ -16,6 +16,7 @@ mod cgroup;
 pub mod docker;
 pub mod guard;
 pub mod process;
+pub mod seccomp;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -128,9 +128,17 @@ impl Containers {
             read_only: Some(ro),
             ..Default::default()
         };
-        let mut cmd: Vec<String> = ["/usr/bin/python3", "-I", "-S", RUNTIME_IN_IMAGE]
-            .map(String::from)
-            .to_vec();
+        // The engine's profile may allow io_uring (Docker before 25): the
+        // runtime stacks `sandbox::seccomp`'s filter on it before any code.
+        let mut cmd: Vec<String> = [
+            "/usr/bin/python3",
+            "-I",
+            "-S",
+            RUNTIME_IN_IMAGE,
+            "--block-io-uring",
+        ]
+        .map(String::from)
+        .to_vec();
         cmd.extend(["--socket".into(), format!("{SCRATCH_IN_CONTAINER}/rt.sock")]);
         let mut mounts = vec![bind(&sb.dir, SCRATCH_IN_CONTAINER, false)];
         let mut labels = HashMap::from([(WORKER_LABEL.to_string(), self.label.clone())]);

@@ -177,6 +177,7 @@ impl ProcessSandbox {
         let nproc = self.limits.procs;
         let nofile = self.limits.open_files;
         let private_network = self.private_network;
+        let filter = crate::sandbox::seccomp::Filter::new();
         // SAFETY: between fork and exec only async-signal-safe calls are
         // made, on data prepared before the fork.
         unsafe {
@@ -232,6 +233,8 @@ impl ProcessSandbox {
                 // After setuid, which clears it: die with the worker.
                 check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
                 libc::umask(0o077);
+                // Last: no io_uring (and no_new_privs) from here on.
+                filter.install()?;
                 Ok(())
             });
         }
