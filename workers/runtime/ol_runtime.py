@@ -220,7 +220,45 @@ def _call_wsgi(app, name, head, body):
     return {"status": status, "headers": headers}, body
 
 
-def _serve(conn, mode, fn, name):
+# When the call now running started (time.monotonic()), or None.
+_busy = [None]
+# How long past its limit a call may run before the runtime ends itself
+# (the worker kills it at the limit; this is for a worker that is gone).
+_LIMIT_GRACE_S = 1.0
+
+
+def _watch(conn, limit_ms):
+    """A thread that ends the runtime, whatever the function's own threads
+    do, when the worker closes the channel (it is gone) or a call runs past
+    its limit plus a grace: a sandbox never outlives its worker by more
+    than that, even before the worker's guard acts. A function could
+    defeat it (it is the same process); the worker and its guard are what
+    enforce, this bounds the damage meanwhile."""
+    import _thread
+    import select
+    import time
+
+    exit_now, write, monotonic = os._exit, os.write, time.monotonic
+    limit_s = limit_ms / 1000 if limit_ms else None
+
+    def run():
+        p = select.poll()
+        p.register(conn.fileno(), select.POLLRDHUP)
+        while True:
+            if p.poll(500):
+                exit_now(0)  # hung up (POLLRDHUP, POLLHUP or POLLERR)
+            since = _busy[0]
+            if limit_s and since is not None and monotonic() - since > limit_s + _LIMIT_GRACE_S:
+                write(2, b"runtime: the call ran past its limit; exiting\n")
+                exit_now(1)
+
+    _thread.start_new_thread(run, ())
+
+
+def _serve(conn, mode, fn, name, limit_ms=0):
+    import time
+
+    _watch(conn, limit_ms)
     rfile = conn.makefile("rb", buffering=65536)
     read = rfile.read
     while True:
@@ -229,10 +267,12 @@ def _serve(conn, mode, fn, name):
             return
         head = json.loads(read(_LEN.unpack(n)[0]))
         body = read(_LEN.unpack(read(4))[0])
+        _busy[0] = time.monotonic()
         if mode == "f":
             rhead, rbody = _call_f(fn, name, body)
         else:
             rhead, rbody = _call_wsgi(fn, name, head, body)
+        _busy[0] = None
         h = json.dumps(rhead).encode()
         conn.sendall(b"".join((_LEN.pack(len(h)), h, _LEN.pack(len(rbody)), rbody)))
 
@@ -259,6 +299,7 @@ def _deferred(sock_path, ready, packages):
     except EOFError:  # the worker went away before handing a function over
         return 0
     name = init.get("name", "f")
+    limit_ms = int(init.get("limit_ms") or 0)
     os.environ.update(init.get("env") or {})
     _hide_paths(init["code"], packages)
     try:
@@ -275,7 +316,7 @@ def _deferred(sock_path, ready, packages):
     conn.close()
     conn, _ = srv.accept()
     srv.close()
-    _serve(conn, mode, fn, name)
+    _serve(conn, mode, fn, name, limit_ms)
     return 0
 
 
@@ -332,12 +373,13 @@ def main(argv):
         ready.write(f"error {msg}\n")
         ready.flush()
         return 1
+    limit_ms = int(args.get("--limit-ms") or 0)
     if "--fd" in args:
         conn = socket.socket(fileno=int(args["--fd"]))
         ready.write("ready\n")
         ready.flush()
         ready.close()
-        _serve(conn, mode, fn, name)
+        _serve(conn, mode, fn, name, limit_ms)
         return 0
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(sock_path)
@@ -347,7 +389,7 @@ def main(argv):
     ready.close()
     conn, _ = srv.accept()
     srv.close()
-    _serve(conn, mode, fn, name)
+    _serve(conn, mode, fn, name, limit_ms)
     return 0
 
 

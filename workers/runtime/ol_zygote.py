@@ -10,7 +10,7 @@ and every top-level module of each package directory, prints "ready" on
 stdout, and then serves fork requests until the worker closes the socket.
 
 A request is one message: JSON {"code", "name", "dir", "env", "packages",
-"uid", "userns", "netns", "mntns", "nproc", "as_bytes"} with three file
+"uid", "userns", "netns", "mntns", "nproc", "nofile", "as_bytes", "limit_ms"} with three file
 descriptors attached: the instance's log file, its channel (a stream
 socket to the worker) and its runtime's connection to the worker (the
 other socket pair). The zygote forks and answers {"pid": N} (or
@@ -157,6 +157,7 @@ def _child(req, fds, zygote_pid, rt, libc):
     os.environ.clear()
     os.environ.update(req["env"])
     argv = ["ol_runtime", "--code", req["code"], "--fd", str(rt_fd), "--name", req["name"]]
+    argv += ["--limit-ms", str(req.get("limit_ms") or 0)]
     if req.get("packages"):
         argv += ["--packages", os.pathsep.join(req["packages"])]
     sys.stdout.flush()

@@ -150,13 +150,16 @@ impl RuntimeConn {
 
     /// Gives a pre-started runtime its function (`code` as the runtime
     /// sees the path). An error means the runtime is gone.
+    /// `limit`: the runtime limit, which the runtime enforces too.
     pub async fn init(
         &mut self,
         code: &str,
         name: &str,
         env: &HashMap<String, String>,
+        limit: std::time::Duration,
     ) -> io::Result<Loaded> {
-        let head = serde_json::json!({"init": {"code": code, "name": name, "env": env}});
+        let limit_ms = limit.as_millis() as u64;
+        let head = serde_json::json!({"init": {"code": code, "name": name, "env": env, "limit_ms": limit_ms}});
         self.send(&head, &[]).await?;
         let reply = self.read_frame(MAX_INIT_REPLY_BYTES).await?;
         let body = self.read_frame(MAX_INIT_REPLY_BYTES).await?;

@@ -388,6 +388,77 @@ fn a_killed_workers_containers_are_gone_within_seconds() {
     );
 }
 
+/// Even with its guard gone too, a container whose worker was SIGKILLed
+/// stops within seconds (it used to run on: an in-flight `sleep 100`, a
+/// thread the handler left): the runtime ends itself when its channel
+/// closes. The containers stay (exited) for the next start to remove; a
+/// paused one cannot act and stays paused until then (held memory, no CPU),
+/// so here nothing is paused.
+#[test]
+fn a_container_stops_by_itself_when_its_worker_and_guard_are_gone() {
+    if !engine("a_container_stops_by_itself_when_its_worker_and_guard_are_gone") {
+        return;
+    }
+    let mut w = docker_worker("[instances]\npause_after_ms = 600000\nevict_after_ms = 600000\n");
+    let label = label(&w);
+    add_function(
+        &w,
+        "spinner",
+        "import threading\n\ndef _spin():\n    while True:\n        pass\n\ndef f(event):\n    threading.Thread(target=_spin).start()\n    return 1\n",
+        "",
+    );
+    assert_eq!(w.post("/run/spinner", b"{}").status, 200);
+    add_function(
+        &w,
+        "long",
+        "import time\n\ndef f(event):\n    time.sleep(100)\n    return 1\n",
+        "",
+    );
+    let url = w.url("/run/long");
+    std::thread::spawn(move || {
+        let _ = common::request("POST", &url, Some(b"{}"), &[]);
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let running = || {
+        containers(&label)
+            .into_iter()
+            .filter(|c| c.ends_with(" running"))
+            .collect::<Vec<_>>()
+    };
+    assert!(running().len() >= 2, "{:?}", containers(&label));
+    let work = std::fs::canonicalize(&w.work_dir)
+        .unwrap()
+        .display()
+        .to_string();
+    let guards = Command::new("pgrep")
+        .args(["-f", "--", &format!("ol-worker --guard .*{work}")])
+        .output()
+        .unwrap();
+    let guards = String::from_utf8_lossy(&guards.stdout).to_string();
+    assert!(!guards.trim().is_empty(), "the worker has no guard");
+    for pid in guards.lines() {
+        unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+    }
+    w.child.kill().unwrap();
+    let _ = w.child.wait();
+    let t = Instant::now();
+    while !running().is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left = running();
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            &format!("docker ps -aq --filter label={label} | xargs -r docker rm -f"),
+        ])
+        .output();
+    assert!(
+        left.is_empty(),
+        "still running {:?} after the worker and guard died: {left:?}",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn leftovers_of_a_killed_worker_are_removed_at_start() {
     if !engine("leftovers_of_a_killed_worker_are_removed_at_start") {

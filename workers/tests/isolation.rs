@@ -687,3 +687,115 @@ fn io_uring_is_refused_in_every_instance() {
         assert_eq!(v["errno"], libc::ENOSYS, "{toml}: {v}");
     }
 }
+
+/// Starts `ol_runtime.py` by itself on a function `f.py` with the given
+/// code, its channel one end of a socket pair, as the process backend
+/// does; returns the process and the worker's end.
+fn bare_runtime(
+    code: &str,
+    limit_ms: u64,
+) -> (
+    std::process::Child,
+    std::os::unix::net::UnixStream,
+    tempfile::TempDir,
+) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("f.py"), code).unwrap();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new("/usr/bin/python3");
+    cmd.args(["-I", "-S"])
+        .arg(common::repo_root().join("workers/runtime/ol_runtime.py"))
+        .arg("--code")
+        .arg(t.path())
+        .args(["--fd", "3", "--limit-ms", &limit_ms.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: dup2 only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(theirs);
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    assert_eq!(&ready, b"ready\n");
+    (child, ours, t)
+}
+
+fn exit_within(child: &mut std::process::Child, d: Duration) -> Option<std::process::ExitStatus> {
+    let end = std::time::Instant::now() + d;
+    while std::time::Instant::now() < end {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+/// A runtime whose worker is gone used to live on as long as the
+/// function's threads did (a container at 78% CPU after its worker was
+/// SIGKILLed). Now it ends when its channel closes, threads or not.
+#[test]
+fn the_runtime_ends_when_its_worker_hangs_up_whatever_its_threads_do() {
+    let spin = "import threading\n\ndef _spin():\n    while True:\n        pass\n\nthreading.Thread(target=_spin).start()\n\ndef f(event):\n    return 1\n";
+    let (mut child, ours, _t) = bare_runtime(spin, 0);
+    drop(ours);
+    let status = exit_within(&mut child, Duration::from_secs(5));
+    assert!(status.is_some(), "the runtime outlived its channel");
+    // Nor a call in flight, which never reads the channel again.
+    let sleeper = "import time\n\ndef f(event):\n    time.sleep(100)\n    return 1\n";
+    let (mut child, mut ours, _t) = bare_runtime(sleeper, 0);
+    for part in [
+        &br#"{"method":"POST","path":"/","query":"","headers":[]}"#[..],
+        b"{}",
+    ] {
+        ours.write_all(&(part.len() as u32).to_be_bytes()).unwrap();
+        ours.write_all(part).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    drop(ours);
+    let status = exit_within(&mut child, Duration::from_secs(5));
+    assert!(status.is_some(), "a busy runtime outlived its channel");
+}
+
+/// The worker kills a call at its runtime limit; the runtime now also
+/// ends itself when a call runs a grace past it, so a sandbox whose
+/// worker is stuck or gone (and a busy call that never reads the channel)
+/// is bounded too.
+#[test]
+fn the_runtime_stops_a_call_past_its_limit_by_itself() {
+    let sleeper = "import time\n\ndef f(event):\n    time.sleep(100)\n    return 1\n";
+    let (mut child, mut ours, _t) = bare_runtime(sleeper, 300);
+    for part in [
+        &br#"{"method":"POST","path":"/","query":"","headers":[]}"#[..],
+        b"{}",
+    ] {
+        ours.write_all(&(part.len() as u32).to_be_bytes()).unwrap();
+        ours.write_all(part).unwrap();
+    }
+    let t = std::time::Instant::now();
+    let status = exit_within(&mut child, Duration::from_secs(6));
+    let status = status.expect("the call ran on past its limit");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1200),
+        "ended before limit + grace: {:?}",
+        t.elapsed()
+    );
+    drop(ours);
+}

@@ -146,6 +146,8 @@ impl Containers {
             Some(code) => {
                 cmd.extend(["--code".into(), CODE_IN_CONTAINER.into()]);
                 cmd.extend(["--name".into(), code.name.clone()]);
+                let limit_ms = limits.runtime.as_millis().to_string();
+                cmd.extend(["--limit-ms".into(), limit_ms]);
                 mounts.push(bind(&code.dir, CODE_IN_CONTAINER, true));
                 labels.insert("ol-edge.function".into(), code.name.clone());
             }
@@ -347,8 +349,11 @@ impl DockerSandbox {
         // At /code, as in a container made for its function.
         let code = CODE_IN_CONTAINER.to_string();
         let mut conn = RuntimeConn::new(init.conn);
-        let loaded =
-            tokio::time::timeout(self.start_timeout, conn.init(&code, &self.name, &env)).await;
+        let loaded = tokio::time::timeout(
+            self.start_timeout,
+            conn.init(&code, &self.name, &env, self.limits.runtime),
+        )
+        .await;
         match loaded {
             Ok(Ok(Loaded::Ready)) => Ok(()),
             Ok(Ok(Loaded::Failed { reason, log })) => {

@@ -143,6 +143,8 @@ impl ProcessSandbox {
                     .arg(&seen.code)
                     .arg("--fd")
                     .arg(CHANNEL_FD.to_string())
+                    .arg("--limit-ms")
+                    .arg(self.limits.runtime.as_millis().to_string())
                     .arg("--name")
                     .arg(&self.name);
                 Stdio::null()
@@ -325,6 +327,7 @@ impl ProcessSandbox {
             mntns: self.layout.is_some(),
             nproc: self.uid().map(|_| self.limits.procs),
             nofile: self.limits.open_files,
+            limit_ms: self.limits.runtime.as_millis() as u64,
             as_bytes: self
                 .cgroup
                 .is_none()

@@ -80,6 +80,8 @@ pub struct ForkRequest {
     pub nproc: Option<u64>,
     /// RLIMIT_NOFILE (lowered from the zygote's, never raised).
     pub nofile: u64,
+    /// The runtime limit, also enforced by the runtime itself.
+    pub limit_ms: u64,
     pub as_bytes: Option<u64>,
 }
 
