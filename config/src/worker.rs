@@ -63,12 +63,56 @@ pub struct WorkerConfig {
     pub egress: EgressConfig,
 }
 
-/// `[egress]`: the functions whose `ol.yaml` may ask for `network: egress`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `[egress]`: the functions whose `ol.yaml` may ask for `network: egress`,
+/// and what egress never reaches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EgressConfig {
     /// Names or globs (`*`, `?`); empty: no function gets egress.
     pub functions: Vec<String>,
+    /// IPv4 ranges (CIDR) an egress sandbox may never reach, in both
+    /// backends; the host's own addresses are refused whatever this says.
+    pub blocked: Vec<String>,
+    /// Process backend: the IPv4 range its egress instances' links take
+    /// addresses from (a /31 each, placed by the instance's uid).
+    pub process_subnet: String,
+}
+
+/// Loopback, private, shared (CGNAT), link-local (cloud metadata),
+/// multicast and reserved ranges.
+pub const DEFAULT_BLOCKED: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            functions: Vec::new(),
+            blocked: DEFAULT_BLOCKED.iter().map(|s| s.to_string()).collect(),
+            process_subnet: "10.213.0.0/16".into(),
+        }
+    }
+}
+
+/// Parses an IPv4 CIDR (`a.b.c.d/n`): the network address and prefix.
+pub fn parse_cidr(s: &str) -> Option<(std::net::Ipv4Addr, u8)> {
+    let (addr, len) = s.split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len.min(32))
+    };
+    (len <= 32 && u32::from(addr) & !mask == 0).then_some((addr, len))
 }
 
 impl EgressConfig {
@@ -535,6 +579,20 @@ impl WorkerConfig {
         if self.docker.egress_network.is_empty() {
             return Err(Invalid::new("docker.egress_network", "must not be empty"));
         }
+        for b in &self.egress.blocked {
+            if parse_cidr(b).is_none() {
+                return Err(Invalid::new(
+                    "egress.blocked",
+                    format!("{b:?} is not an IPv4 network like 10.0.0.0/8"),
+                ));
+            }
+        }
+        if !parse_cidr(&self.egress.process_subnet).is_some_and(|(_, n)| (8..=24).contains(&n)) {
+            return Err(Invalid::new(
+                "egress.process_subnet",
+                "must be an IPv4 network of /8 to /24, like 10.213.0.0/16",
+            ));
+        }
         if (self.sandbox_user.uid_base as u64) + (self.sandbox_user.uid_count as u64)
             > u32::MAX as u64
         {
@@ -550,6 +608,29 @@ impl WorkerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn egress_ranges_must_be_networks() {
+        let parse = |text: &str| {
+            crate::parse_toml::<WorkerConfig>(std::path::Path::new("w.toml"), text)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let e = parse("[egress]\nblocked = [\"10.0.0.1/8\"]\n").unwrap_err();
+        assert!(
+            e.contains("egress.blocked") && e.contains("10.0.0.1/8"),
+            "{e}"
+        );
+        let e = parse("[egress]\nprocess_subnet = \"10.9.9.0/30\"\n").unwrap_err();
+        assert!(e.contains("egress.process_subnet"), "{e}");
+        parse("[egress]\nblocked = [\"10.0.0.0/8\"]\nprocess_subnet = \"198.18.0.0/15\"\n")
+            .unwrap();
+        assert_eq!(
+            parse_cidr("0.0.0.0/0"),
+            Some((std::net::Ipv4Addr::UNSPECIFIED, 0))
+        );
+        assert_eq!(parse_cidr("1.2.3.4/33"), None);
+    }
 
     #[test]
     fn zygote_preload_takes_pins_only() {

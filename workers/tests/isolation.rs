@@ -484,6 +484,160 @@ fn egress_is_the_operators_to_give() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// A network namespace this test makes, with a veth link to the host
+/// (`host`/30 on the host side, `peer`/30 inside) and a TCP server inside
+/// on port 8080 that answers `name`; removed on drop.
+struct TestNet {
+    ns: String,
+    server: std::process::Child,
+}
+
+impl TestNet {
+    fn new(tag: &str, host: &str, peer: &str) -> TestNet {
+        let ns = format!("olt-{tag}-{}", std::process::id());
+        let link = format!("olt{tag}{}", std::process::id() % 100_000);
+        let sh = |cmd: String| {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &cmd])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &ns])
+            .output();
+        sh(format!("ip netns add {ns}"));
+        sh(format!(
+            "ip link add {link} type veth peer name eth0 netns {ns}"
+        ));
+        sh(format!(
+            "ip addr add {host}/30 dev {link} && ip link set {link} up"
+        ));
+        sh(format!(
+            "ip -n {ns} addr add {peer}/30 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && ip -n {ns} route add default via {host}"
+        ));
+        let code = format!(
+            "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('{peer}', 8080))\ns.listen(8)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'{tag}')\n    c.close()\n"
+        );
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c", &code])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        TestNet { ns, server }
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .output();
+    }
+}
+
+const EGRESS_PROBE: &str = r#"import socket
+
+def _gateway():
+    for line in open("/proc/net/route").read().splitlines()[1:]:
+        f = line.split()
+        if f[1] == "00000000":
+            return socket.inet_ntoa(bytes.fromhex(f[2])[::-1])
+    return None
+
+def _try(host, port):
+    s = socket.socket()
+    s.settimeout(1.5)
+    try:
+        s.connect((host, port))
+        return "reached " + s.recv(64).decode()
+    except OSError as e:
+        return type(e).__name__
+    finally:
+        s.close()
+
+def f(event):
+    out = {"gateway": _gateway()}
+    for name, (host, port) in event["targets"].items():
+        out[name] = _try(host or out["gateway"], port)
+    return out
+"#;
+
+/// An egress function on the process backend used to share the host's
+/// network: it reached the worker's registry, the proxy's admin port and
+/// anything private. Now it has a namespace of its own, routed and NATed
+/// through the host with the same firewall as the Docker backend: it
+/// reaches a server in a namespace the test made at a public (test-net)
+/// address, but not one at a private address, nor any of the host's own
+/// addresses, nor the host's loopback.
+#[test]
+fn an_egress_function_reaches_out_but_not_the_host_or_private_ranges() {
+    if !common::is_root() {
+        eprintln!("SKIPPED an_egress_function_reaches_out_but_not_the_host_or_private_ranges: needs root (network namespaces, iptables)");
+        return;
+    }
+    let public = TestNet::new("pub", "203.0.113.1", "203.0.113.2");
+    let private = TestNet::new("prv", "10.214.0.1", "10.214.0.2");
+    // A listener on every host address: reaching it means reaching the host.
+    let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    host.set_nonblocking(true).unwrap();
+    let hp = host.local_addr().unwrap().port();
+    // Both servers answer the host: what the sandbox misses, the firewall took.
+    for (addr, tag) in [("203.0.113.2:8080", "pub"), ("10.214.0.2:8080", "prv")] {
+        let mut c =
+            std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
+                .unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        assert_eq!(got, tag);
+    }
+    let w = Worker::start(Options {
+        toml: "[egress]\nfunctions = [\"probe\"]\n",
+        ..Default::default()
+    });
+    add(
+        &w,
+        "probe",
+        &[("f.py", EGRESS_PROBE), ("ol.yaml", "network: egress\n")],
+    );
+    let event = serde_json::json!({"targets": {
+        "public": ["203.0.113.2", 8080],
+        "private": ["10.214.0.2", 8080],
+        "gateway": [null, hp],
+        "host_public_side": ["203.0.113.1", hp],
+        "host_private_side": ["10.214.0.1", hp],
+        "loopback_worker": ["127.0.0.1", w.port],
+        "loopback_host": ["127.0.0.1", hp],
+    }});
+    let r = w.post("/run/probe", event.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert!(v["gateway"].is_string(), "no default route: {v}");
+    assert_eq!(v["public"], "reached pub", "{v}");
+    for what in [
+        "private",
+        "gateway",
+        "host_public_side",
+        "host_private_side",
+        "loopback_worker",
+        "loopback_host",
+    ] {
+        let got = v[what].as_str().unwrap_or_default();
+        assert!(!got.starts_with("reached"), "{what}: {v}");
+    }
+    assert!(
+        host.accept().is_err(),
+        "the host listener saw a connection from the sandbox"
+    );
+    drop((public, private));
+}
+
 /// Free bytes of the file system holding `p`.
 fn free_bytes(p: &std::path::Path) -> u64 {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();

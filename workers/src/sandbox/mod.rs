@@ -14,6 +14,7 @@
 
 mod cgroup;
 pub mod docker;
+pub mod firewall;
 pub mod guard;
 pub mod process;
 pub mod seccomp;

@@ -11,32 +11,24 @@ use bollard::Docker;
 use tokio::sync::OnceCell;
 
 use super::engine::{is_not_found, one_line};
+use crate::sandbox::firewall::{self, iptables};
 use crate::sandbox::SandboxError;
-
-/// Destinations an egress container may never reach (forwarded traffic);
-/// traffic to the host itself is dropped whatever its address.
-const PRIVATE_RANGES: &[&str] = &[
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "169.254.0.0/16",
-    "100.64.0.0/10",
-    "127.0.0.0/8",
-    "224.0.0.0/4",
-];
 
 pub struct Egress {
     network: String,
     bridge: String,
+    /// Ranges it may never reach (`[egress] blocked`).
+    blocked: Vec<String>,
     /// Set up once, when the first egress function starts.
     ready: OnceCell<Result<(), String>>,
 }
 
 impl Egress {
-    pub fn new(network: &str, bridge: &str) -> Egress {
+    pub fn new(network: &str, bridge: &str, blocked: &[String]) -> Egress {
         Egress {
             network: network.to_string(),
             bridge: bridge.to_string(),
+            blocked: blocked.to_vec(),
             ready: OnceCell::new(),
         }
     }
@@ -63,43 +55,17 @@ impl Egress {
     async fn setup(&self, docker: &Docker) -> Result<(), String> {
         // Firewall first: no container may use the bridge before its rules.
         let bridge = &self.bridge;
-        let mut rules: Vec<Vec<String>> = vec![
-            // Nothing from the bridge to the host itself (any of its
-            // addresses, so neither the worker nor the proxy).
-            vec![
-                "INPUT".into(),
-                "-i".into(),
-                bridge.clone(),
-                "-j".into(),
-                "DROP".into(),
-            ],
-        ];
         let forward_chain = if iptables(&["-n", "-L", "DOCKER-USER"]).await.is_ok() {
             "DOCKER-USER"
         } else {
             "FORWARD"
         };
-        for net in PRIVATE_RANGES {
-            rules.push(vec![
-                forward_chain.into(),
-                "-i".into(),
-                bridge.clone(),
-                "-d".into(),
-                net.to_string(),
-                "-j".into(),
-                "DROP".into(),
-            ]);
-        }
-        for rule in &rules {
-            let spec: Vec<&str> = rule.iter().map(String::as_str).collect();
-            let mut check = vec!["-C"];
-            check.extend(&spec);
-            if iptables(&check).await.is_err() {
-                let mut insert = vec!["-I"];
-                insert.extend(&spec);
-                iptables(&insert).await?;
-            }
-        }
+        firewall::ensure(&firewall::keep_off_host(
+            bridge,
+            forward_chain,
+            &self.blocked,
+        ))
+        .await?;
         match docker
             .inspect_network(&self.network, None::<InspectNetworkOptions>)
             .await
@@ -142,24 +108,5 @@ impl Egress {
             }
             Err(e) => Err(one_line(&e)),
         }
-    }
-}
-
-/// Runs `iptables ARGS` (waiting for the xtables lock); the error is one line.
-async fn iptables(args: &[&str]) -> Result<(), String> {
-    let out = tokio::process::Command::new("iptables")
-        .arg("-w")
-        .args(args)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run iptables: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "iptables {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
     }
 }

@@ -142,7 +142,11 @@ impl DockerManager {
         let m = DockerManager {
             containers,
             pool: Arc::new(Pool::new(cfg.docker.pool_size, pool_limits)),
-            egress: Egress::new(&cfg.docker.egress_network, &cfg.docker.egress_bridge),
+            egress: Egress::new(
+                &cfg.docker.egress_network,
+                &cfg.docker.egress_bridge,
+                &cfg.egress.blocked,
+            ),
             engine: version,
         };
         m.pool.refill(&m.containers);

@@ -67,6 +67,9 @@ pub struct ProcessSandbox {
     /// Run in a network namespace of its own (no interfaces but a down
     /// loopback): the handler reaches nothing, not even 127.0.0.1.
     pub(super) private_network: bool,
+    /// An egress instance's network namespace (`super::egress`), entered
+    /// between fork and exec.
+    pub(super) netns: Option<OwnedFd>,
     pub(super) limits: Limits,
     pub(super) python: PathBuf,
     pub(super) runtime: PathBuf,
@@ -179,6 +182,7 @@ impl ProcessSandbox {
         let nproc = self.limits.procs;
         let nofile = self.limits.open_files;
         let private_network = self.private_network;
+        let netns = self.netns.as_ref().map(|f| f.as_raw_fd());
         let filter = crate::sandbox::seccomp::Filter::new();
         // SAFETY: between fork and exec only async-signal-safe calls are
         // made, on data prepared before the fork.
@@ -192,7 +196,9 @@ impl ProcessSandbox {
                     }
                 };
                 check(libc::setsid())?;
-                if private_network {
+                if let Some(fd) = netns {
+                    check(libc::setns(fd, libc::CLONE_NEWNET))?;
+                } else if private_network {
                     check(libc::unshare(libc::CLONE_NEWNET))?;
                 }
                 for p in &procs {

@@ -12,8 +12,8 @@
 //! but a down loopback). The worker talks to it over a socket pair made
 //! before the fork, so no path exists that a function could redirect.
 //! Without cgroups, rlimits bound memory and processes and SIGSTOP pauses.
-//! An egress function on this backend shares the host's network: use the
-//! Docker backend for egress that cannot reach internal addresses.
+//! A function the operator gives egress gets a namespace with a NATed link
+//! instead, behind the host firewall (`egress`).
 //!
 //! Not root ("just processes"): instances run as the worker's user and see
 //! what it sees; the start-up log says so loudly. For development only.
@@ -28,6 +28,7 @@
 //! Here: the manager (set-up, zygote choice, `create`); `instance`: one
 //! sandbox's process, started fresh or forked.
 
+mod egress;
 mod instance;
 mod jail;
 mod zygote;
@@ -43,6 +44,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use config::worker::ZygotesConfig;
 
+use self::egress::ProcessEgress;
 use self::instance::{
     Kind, ProcessSandbox, RUNTIME_FILE, ZYGOTE_FILE, ZYGOTE_OPEN_FILES, ZYGOTE_PROCS,
 };
@@ -82,6 +84,8 @@ struct Inner {
     layout: Option<Arc<Layout>>,
     /// What `describe` says about the layout.
     layout_note: String,
+    /// Egress instances' network namespaces (root).
+    egress: ProcessEgress,
     next_id: AtomicU64,
     packages: Arc<PackageStore>,
     zygotes: Zygotes,
@@ -205,6 +209,7 @@ impl ProcessManager {
             scratch_mb: cfg.instances.scratch_mb,
             layout,
             layout_note,
+            egress: ProcessEgress::new(&cfg.egress),
             next_id: AtomicU64::new(1),
             packages,
             zygotes: Zygotes::default(),
@@ -372,6 +377,7 @@ impl Inner {
             code_dir,
             env,
             private_network,
+            netns: None,
             limits,
             python: self.python.clone(),
             runtime: self.runtime.clone(),
@@ -534,7 +540,7 @@ impl SandboxManager for ProcessManager {
         };
         let n = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{n}", code.name);
-        let sb = inner
+        let mut sb = inner
             .new_sandbox(
                 &id,
                 &code.name,
@@ -546,6 +552,19 @@ impl SandboxManager for ProcessManager {
                 kind,
             )
             .await?;
+        let egress = code.config.network == config::function::Network::Egress;
+        if let (true, Some(uid)) = (egress, sb.uid()) {
+            match inner.egress.namespace(uid).await {
+                Ok(ns) => sb.netns = Some(ns),
+                Err(e) => {
+                    sb.remove().await;
+                    return Err(SandboxError::Setup(format!(
+                        "egress network for {}: {e}",
+                        code.name
+                    )));
+                }
+            }
+        }
         Ok(Box::new(sb))
     }
 
