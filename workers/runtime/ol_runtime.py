@@ -354,6 +354,12 @@ def main(argv):
     if "--block-io-uring" in argv:
         argv = [a for a in argv if a != "--block-io-uring"]
         _block_io_uring()
+    # A container's function environment, applied only now (after the
+    # filter): as the process's own environment from the start, LD_PRELOAD
+    # and the like would have run code before it.
+    own = os.environ.pop("OL_FUNCTION_ENV", None)
+    if own:
+        os.environ.update(json.loads(own))
     args = dict(zip(argv[1::2], argv[2::2]))
     code, sock_path, name = args.get("--code"), args.get("--socket"), args.get("--name", "f")
     packages = [p for p in (args.get("--packages") or "").split(os.pathsep) if p]

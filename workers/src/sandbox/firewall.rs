@@ -47,6 +47,13 @@ impl Rule {
         }
     }
 
+    pub fn raw(chain: &str, spec: &[&str]) -> Rule {
+        Rule {
+            table: Some("raw"),
+            ..Rule::new(chain, spec)
+        }
+    }
+
     fn args<'a>(&'a self, op: &'a str) -> Vec<&'a str> {
         let mut a = Vec::new();
         if let Some(t) = self.table {
@@ -67,6 +74,38 @@ pub async fn ensure(rules: &[Rule]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Appends each missing rule at the end of its chain (accepts that must
+/// come after every chain of drops).
+pub async fn ensure_appended(rules: &[Rule]) -> Result<(), String> {
+    for rule in rules {
+        if iptables(&rule.args("-C")).await.is_err() {
+            iptables(&rule.args("-A")).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops IPv6 that comes in on `iface` for the host (best effort: a host
+/// without ip6tables or IPv6 has nothing to drop; the links have IPv6 off
+/// anyway).
+pub async fn ip6_drop_input(iface: &str) {
+    let run = |op: &'static str| {
+        let iface = iface.to_string();
+        async move {
+            tokio::process::Command::new("ip6tables")
+                .args(["-w", op, "INPUT", "-i", &iface, "-j", "DROP"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await
+                .is_ok_and(|s| s.success())
+        }
+    };
+    if !run("-C").await && !run("-I").await {
+        tracing::warn!("ip6tables: cannot drop IPv6 from egress links (IPv6 is off on them)");
+    }
 }
 
 /// Rules that drop what comes in on `iface` (a name or an iptables
@@ -97,11 +136,12 @@ pub async fn chain(rules: &[Vec<String>]) -> Result<String, String> {
     }
     // Another worker may be making the same chain: start from a private
     // name and rename it into place (a lost race leaves the winner's).
-    let tmp = format!(
-        "OLT-{}-{}",
-        &format!("{hash:x}")[..8],
-        std::process::id() % 100_000
-    );
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().rotate_left(16);
+    let tmp = format!("OLT-{}-{nonce:08x}", &format!("{hash:x}")[..8]);
     let _ = iptables(&["-F", &tmp]).await;
     let _ = iptables(&["-X", &tmp]).await;
     iptables(&["-N", &tmp]).await?;

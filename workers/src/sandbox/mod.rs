@@ -236,6 +236,9 @@ pub fn kill_uid(uid: u32) {
     unsafe {
         let pid = libc::fork();
         if pid == 0 {
+            // Nothing of the worker's (its uid-range lock above all) in a
+            // child that will run as a sandbox uid, however briefly.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             if libc::setresgid(uid, uid, uid) == 0 && libc::setresuid(uid, uid, uid) == 0 {
                 libc::kill(-1, libc::SIGKILL);
             }
@@ -401,8 +404,14 @@ mod tests {
     /// A process running as a sandbox uid outside any cgroup (as a zygote's
     /// package code could leave one) is killed when the uid goes back to
     /// the pool, before anyone else can get it.
+    /// A child forked by one test holds every descriptor of the test
+    /// process until it execs, the other test's lock file too: tests that
+    /// fork and tests that watch a lock's release take turns.
+    static FORKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn a_returned_uid_has_no_process_left() {
+        let _turn = FORKS.lock().unwrap_or_else(|e| e.into_inner());
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("SKIPPED a_returned_uid_has_no_process_left: needs root (setuid)");
             return;
@@ -448,6 +457,7 @@ mod tests {
 
     #[test]
     fn claims_never_overlap_and_end_with_their_holder() {
+        let _turn = FORKS.lock().unwrap_or_else(|e| e.into_inner());
         let t = tempfile::tempdir().unwrap();
         let file = t.path().join("uids.lock");
         let users = SandboxUserConfig {

@@ -21,7 +21,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
-use super::engine::{one_line, remove_container, WORKER_LABEL};
+use super::engine::{one_line, remove_container, OWNER_LABEL, WORKER_LABEL};
 use crate::code::registry::CodeVersion;
 use crate::fsutil;
 use crate::runtime::{self, FirstLine, Loaded, RuntimeConn};
@@ -29,6 +29,8 @@ use crate::sandbox::{Exit, Limits, Sandbox, SandboxError, SandboxState, Uid, Uid
 
 /// Where things live inside the container (see `workers/image/build.sh`).
 const RUNTIME_IN_IMAGE: &str = "/opt/ol-edge/ol_runtime.py";
+/// The variable carrying a function's `environment` into its container.
+const FUNCTION_ENV: &str = "OL_FUNCTION_ENV";
 const CODE_IN_CONTAINER: &str = "/code";
 const SCRATCH_IN_CONTAINER: &str = "/run/ol";
 
@@ -41,6 +43,8 @@ pub struct Containers {
     pub image: String,
     /// Value of `ol-edge.worker` on this worker's containers.
     pub label: String,
+    /// Value of `ol-edge.owner`: this worker process (`engine::owner_id`).
+    pub owner: String,
     /// Prefix of container names, unique per worker.
     pub prefix: String,
     pub instances_dir: PathBuf,
@@ -112,13 +116,13 @@ impl Containers {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        // The function's own environment reaches the runtime as one JSON
+        // value it applies after its seccomp filter: set as the container's
+        // environment, LD_PRELOAD and the like would run code before it.
         if let Some(code) = code {
-            env.extend(
-                code.config
-                    .environment
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}")),
-            );
+            let own: HashMap<&String, &String> = code.config.environment.iter().collect();
+            let json = serde_json::to_string(&own).unwrap_or_else(|_| "{}".into());
+            env.push(format!("{FUNCTION_ENV}={json}"));
         }
         let mem = (limits.memory_mb * 1024 * 1024) as i64;
         let bind = |src: &Path, dst: &str, ro: bool| Mount {
@@ -141,7 +145,10 @@ impl Containers {
         .to_vec();
         cmd.extend(["--socket".into(), format!("{SCRATCH_IN_CONTAINER}/rt.sock")]);
         let mut mounts = vec![bind(&sb.dir, SCRATCH_IN_CONTAINER, false)];
-        let mut labels = HashMap::from([(WORKER_LABEL.to_string(), self.label.clone())]);
+        let mut labels = HashMap::from([
+            (WORKER_LABEL.to_string(), self.label.clone()),
+            (OWNER_LABEL.to_string(), self.owner.clone()),
+        ]);
         match code {
             Some(code) => {
                 cmd.extend(["--code".into(), CODE_IN_CONTAINER.into()]);

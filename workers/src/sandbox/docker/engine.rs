@@ -11,8 +11,10 @@ use sha2::{Digest, Sha256};
 /// The image build script; its text is part of the image tag.
 pub const BUILD_SH: &str = include_str!("../../../image/build.sh");
 
-/// Label naming the worker that owns a container.
+/// Label naming the worker (its work dir) that owns a container.
 pub const WORKER_LABEL: &str = "ol-edge.worker";
+/// Label naming the worker process that owns a container ([`owner_id`]).
+pub const OWNER_LABEL: &str = "ol-edge.owner";
 
 /// The tag `workers/image/build.sh` gives the image for this worker's
 /// runtime: `ol-edge/runtime:<12 hex of sha256(ol_runtime.py, build.sh)>`.
@@ -95,16 +97,49 @@ pub async fn remove_container(docker: &Docker, id: &str) {
         v: true,
         ..Default::default()
     };
-    if let Err(e) = docker.remove_container(id, Some(opts)).await {
-        if !is_not_found(&e) {
-            tracing::warn!(container = id, error = %one_line(&e), "cannot remove container");
+    // Once more after a moment: a container its killed worker was still
+    // creating or starting can refuse the first removal.
+    for last in [false, true] {
+        match docker.remove_container(id, Some(opts.clone())).await {
+            Ok(()) => return,
+            Err(e) if is_not_found(&e) => return,
+            Err(e) if last => {
+                tracing::warn!(container = id, error = %one_line(&e), "cannot remove container");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
 }
 
-/// Removes every container carrying this worker's label; returns how many.
+/// Removes every container carrying `label` (`key=value`, or a key
+/// alone); returns how many.
 pub async fn remove_labelled(docker: &Docker, label: &str) -> anyhow::Result<usize> {
-    let filters = HashMap::from([("label".to_string(), vec![format!("{WORKER_LABEL}={label}")])]);
+    remove_where(docker, label, |_| true).await
+}
+
+/// Removes the containers whose owner (`OWNER_LABEL`) no longer runs, of
+/// any worker on the host: what a worker and its guard both killed left.
+pub async fn remove_orphans(docker: &Docker) -> anyhow::Result<usize> {
+    remove_where(docker, OWNER_LABEL, |c| {
+        let owner = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(OWNER_LABEL))
+            .map(String::as_str)
+            .unwrap_or_default();
+        let pid = owner.split(':').next().and_then(|p| p.parse::<u32>().ok());
+        // Alive only if the same process (pid and start time) still runs.
+        pid.and_then(owner_id).as_deref() != Some(owner)
+    })
+    .await
+}
+
+async fn remove_where(
+    docker: &Docker,
+    label: &str,
+    pick: impl Fn(&bollard::models::ContainerSummary) -> bool,
+) -> anyhow::Result<usize> {
+    let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
     let list = docker
         .list_containers(Some(ListContainersOptions {
             all: true,
@@ -113,11 +148,25 @@ pub async fn remove_labelled(docker: &Docker, label: &str) -> anyhow::Result<usi
         }))
         .await
         .map_err(|e| anyhow::anyhow!("cannot list containers: {}", one_line(&e)))?;
-    let removals = list.iter().filter_map(|c| c.id.clone()).map(|id| {
+    let picked: Vec<String> = list
+        .iter()
+        .filter(|c| pick(c))
+        .filter_map(|c| c.id.clone())
+        .collect();
+    let n = picked.len();
+    let removals = picked.into_iter().map(|id| {
         let docker = docker.clone();
         async move { remove_container(&docker, &id).await }
     });
-    let n = list.len();
     futures_util::future::join_all(removals).await;
     Ok(n)
+}
+
+/// `<pid>:<start time>` of a running process (`/proc/<pid>/stat`): names
+/// it uniquely on the host, unlike a pid, which is reused.
+pub fn owner_id(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's closing parenthesis, start time is field 22.
+    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?;
+    Some(format!("{pid}:{start}"))
 }

@@ -30,13 +30,15 @@
 //! and sends the runtime an init frame (`hand_over`); the pool refills in
 //! the background (`pool`).
 //!
-//! Every container carries the label `ol-edge.worker=<work dir>`: the
-//! worker removes leftovers with its label at start and all of its own at
-//! shutdown. If the worker is killed outright, running instances and idle
-//! pool containers exit by themselves (each runtime ends when its
-//! connection from the worker closes); paused instances stay frozen, and
-//! all of them stay as containers until the next start with the same work
-//! dir.
+//! Every container carries the labels `ol-edge.worker=<work dir>` and
+//! `ol-edge.owner=<pid>:<start time>` (this worker process): the worker
+//! removes at start the leftovers of its work dir and those of any dead
+//! worker on the host (an owner that no longer runs), and at shutdown its
+//! own; its guard removes the owner's when the worker dies. If the worker
+//! and its guard are both killed outright, running instances and idle pool
+//! containers exit by themselves (each runtime ends when its connection
+//! from the worker closes); paused instances stay frozen, and all of them
+//! stay as containers until the next start of any worker on the host.
 //!
 //! Here: the manager; `engine`: connecting, errors, the image, clean-up;
 //! `container`: one container; `pool`; `egress`.
@@ -116,7 +118,12 @@ impl DockerManager {
             .transpose()
             .map_err(|e| anyhow::anyhow!("sandbox uids: {e}"))?;
         let own = unsafe { (libc::geteuid(), libc::getegid()) };
-        let left = engine::remove_labelled(&docker, &label).await?;
+        // This work dir's leftovers, and any dead worker's on the host.
+        let own_left = format!("{}={label}", engine::WORKER_LABEL);
+        let left = engine::remove_labelled(&docker, &own_left).await?
+            + engine::remove_orphans(&docker).await?;
+        let owner = engine::owner_id(std::process::id())
+            .ok_or_else(|| anyhow::anyhow!("cannot read this worker's /proc/self/stat"))?;
         if left > 0 {
             tracing::info!(
                 containers = left,
@@ -129,6 +136,7 @@ impl DockerManager {
             docker,
             image,
             label,
+            owner,
             prefix,
             instances_dir,
             uids,
@@ -191,7 +199,9 @@ impl SandboxManager for DockerManager {
     fn leftovers(&self) -> crate::sandbox::guard::Leftovers {
         crate::sandbox::guard::Leftovers {
             cgroups: Vec::new(),
-            docker_label: Some(self.containers.label.clone()),
+            // This run's, not the work dir's: a worker restarted on the
+            // same dir keeps its containers when the old guard acts late.
+            docker_label: Some(format!("{}={}", engine::OWNER_LABEL, self.containers.owner)),
             instances: Some(self.containers.instances_dir.clone()),
         }
     }
@@ -199,7 +209,8 @@ impl SandboxManager for DockerManager {
     async fn shutdown(&self) {
         self.pool.drain().await;
         let c = &self.containers;
-        match engine::remove_labelled(&c.docker, &c.label).await {
+        let own = format!("{}={}", engine::OWNER_LABEL, c.owner);
+        match engine::remove_labelled(&c.docker, &own).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(containers = n, "removed remaining containers"),
             Err(e) => tracing::warn!(error = %e, "cannot remove containers at shutdown"),

@@ -209,7 +209,7 @@ impl ProcessManager {
             scratch_mb: cfg.instances.scratch_mb,
             layout,
             layout_note,
-            egress: ProcessEgress::new(&cfg.egress),
+            egress: ProcessEgress::new(&cfg.egress, cfg.sandbox_user.uid_base),
             next_id: AtomicU64::new(1),
             packages,
             zygotes: Zygotes::default(),
