@@ -259,24 +259,12 @@ fn io_uring_is_refused_in_a_container() {
     if !engine("io_uring_is_refused_in_a_container") {
         return;
     }
-    // A control: io_uring must work outside, or ENOSYS inside proves nothing.
-    let mut params = [0u8; 120];
-    let fd = unsafe { libc::syscall(425, 4, params.as_mut_ptr()) };
-    if fd < 0 {
+    if !common::io_uring_works_outside() {
         eprintln!("SKIPPED: io_uring_is_refused_in_a_container: io_uring does not work on this host at all");
         return;
     }
-    unsafe { libc::close(fd as i32) };
     let w = docker_worker("");
-    let probe = r#"import ctypes
-
-def f(event):
-    libc = ctypes.CDLL(None, use_errno=True)
-    params = (ctypes.c_char * 120)()
-    fd = libc.syscall(425, 4, params)
-    return {"fd": fd, "errno": ctypes.get_errno()}
-"#;
-    add_function(&w, "uring", probe, "");
+    add_function(&w, "uring", common::IO_URING_PROBE, "");
     let r = w.post("/run/uring", b"{}");
     assert_eq!(r.status, 200, "{}", r.body);
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();

@@ -811,30 +811,9 @@ fn turning_the_mount_namespace_off_is_loud() {
 
 /// io_uring submissions bypass per-syscall filtering (and Docker before 25
 /// allowed them): every instance now gets ENOSYS from io_uring_setup.
-const IO_URING_PROBE: &str = r#"import ctypes
-
-def f(event):
-    libc = ctypes.CDLL(None, use_errno=True)
-    params = (ctypes.c_char * 120)()
-    fd = libc.syscall(425, 4, params)
-    return {"fd": fd, "errno": ctypes.get_errno()}
-"#;
-
-/// Whether io_uring works here, outside any sandbox: without it, ENOSYS
-/// inside would prove nothing.
-fn io_uring_works_outside() -> bool {
-    let mut params = [0u8; 120];
-    let fd = unsafe { libc::syscall(425, 4, params.as_mut_ptr()) };
-    if fd >= 0 {
-        unsafe { libc::close(fd as i32) };
-        return true;
-    }
-    false
-}
-
 #[test]
 fn io_uring_is_refused_in_every_instance() {
-    if !io_uring_works_outside() {
+    if !common::io_uring_works_outside() {
         eprintln!("SKIPPED io_uring_is_refused_in_every_instance: io_uring does not work on this host at all");
         return;
     }
@@ -843,7 +822,7 @@ fn io_uring_is_refused_in_every_instance() {
             toml,
             ..Default::default()
         });
-        add(&w, "uring", &[("f.py", IO_URING_PROBE)]);
+        add(&w, "uring", &[("f.py", common::IO_URING_PROBE)]);
         let start = if common::is_root() {
             expected_start(&w, toml)
         } else {

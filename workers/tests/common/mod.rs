@@ -324,3 +324,26 @@ pub fn runtime_pids_of(pid: u32, work_dir: &std::path::Path, script: &str) -> Ve
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
+
+/// A function that tries io_uring_setup and returns the fd and errno.
+#[allow(dead_code)]
+pub const IO_URING_PROBE: &str = r#"import ctypes
+
+def f(event):
+    libc = ctypes.CDLL(None, use_errno=True)
+    params = (ctypes.c_char * 120)()
+    fd = libc.syscall(425, 4, params)
+    return {"fd": fd, "errno": ctypes.get_errno()}
+"#;
+
+/// Whether io_uring works here, outside any sandbox: without it, ENOSYS
+/// inside would prove nothing.
+#[allow(dead_code)]
+pub fn io_uring_works_outside() -> bool {
+    let mut params = [0u8; 120];
+    let fd = unsafe { libc::syscall(425, 4, params.as_mut_ptr()) };
+    if fd >= 0 {
+        unsafe { libc::close(fd as i32) };
+    }
+    fd >= 0
+}
