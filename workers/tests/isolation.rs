@@ -699,6 +699,62 @@ def f(event):
     );
 }
 
+/// An instance's stderr is a log file in the worker's work dir, on the
+/// host's disk: a function writing to fd 2 grew it without end (200 MiB in
+/// a second). Now every instance runs under RLIMIT_FSIZE of 16 MiB above
+/// `scratch_mb` (32 MiB here): the write past it fails with EFBIG and the
+/// log stays at its bound, fresh or forked from a zygote.
+#[test]
+fn a_functions_log_stops_at_its_bound() {
+    for toml in [
+        "[instances]\nscratch_mb = 16\n",
+        "[instances]\nscratch_mb = 16\n[zygotes]\nenabled = false\n",
+    ] {
+        let w = Worker::start(Options {
+            toml,
+            ..Default::default()
+        });
+        add(
+            &w,
+            "shouter",
+            &[(
+                "f.py",
+                r#"import errno, os
+
+def f(event):
+    chunk = b"x" * (1 << 20)
+    written = 0
+    try:
+        for _ in range(200):
+            written += os.write(2, chunk)
+    except OSError as e:
+        return {"written": written, "errno": e.errno == errno.EFBIG and "EFBIG" or e.errno}
+    return {"written": written, "errno": None}
+"#,
+            )],
+        );
+        let before = free_bytes(&w.work_dir);
+        let r = w.post("/run/shouter", b"{}");
+        assert_eq!(r.status, 200, "{toml}: {}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["errno"], "EFBIG", "{toml}: {v}");
+        let biggest = std::fs::read_dir(w.work_dir.join("logs"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0);
+        assert!(biggest <= 33 << 20, "{toml}: a log of {biggest} bytes");
+        let dropped = before.saturating_sub(free_bytes(&w.work_dir));
+        assert!(
+            dropped < 64 << 20,
+            "{toml}: the host lost {dropped} bytes of free space"
+        );
+        // The instance still answers (the cap ends writes, not the runtime).
+        assert_eq!(w.post("/run/shouter", b"{}").status, 200, "{toml}");
+    }
+}
+
 /// Whether process `pid` is gone (or a zombie nobody reaps yet).
 fn gone(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

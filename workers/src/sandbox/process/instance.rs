@@ -32,6 +32,13 @@ pub(super) const ZYGOTE_OPEN_FILES: u64 = 4096;
 /// How long a zygote may take to import its package set.
 const ZYGOTE_START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// RLIMIT_FSIZE of an instance or zygote is `scratch_mb` plus this: its
+/// stderr log is a file on the host's disk, so without a cap a function
+/// could fill that disk through fd 2; above the scratch size, a file in
+/// the scratch tmpfs meets ENOSPC (its own bound) before this one.
+/// Zygotes' children inherit it (the same for every instance).
+pub(super) const LOG_CAP_MB: u64 = 16;
+
 /// The runtime's end of its channel to the worker, in a fresh runtime.
 const CHANNEL_FD: RawFd = 3;
 /// The runtime files' names in the worker's runtime dir.
@@ -132,31 +139,36 @@ impl ProcessSandbox {
         let seen = self.seen();
         let mut cmd = Command::new(&self.python);
         cmd.arg("-I").arg("-S");
+        let packages = if seen.packages.is_empty() {
+            None
+        } else {
+            let joined = std::env::join_paths(&seen.packages).map_err(std::io::Error::other)?;
+            Some(joined.to_string_lossy().into_owned())
+        };
         let stdin = match &mut self.kind {
             Kind::Zygote(ctl) => {
                 cmd.arg(&seen.zygote_py).arg("--runtime").arg(&seen.runtime);
+                if let Some(p) = packages {
+                    cmd.arg("--packages").arg(p);
+                }
                 let ctl = ctl
                     .take()
                     .ok_or_else(|| std::io::Error::other("zygote started twice"))?;
                 Stdio::from(ctl)
             }
             _ => {
-                cmd.arg(&seen.runtime)
-                    .arg("--code")
-                    .arg(&seen.code)
-                    .arg("--fd")
-                    .arg(CHANNEL_FD.to_string())
-                    .arg("--limit-ms")
-                    .arg(self.limits.runtime.as_millis().to_string())
-                    .arg("--name")
-                    .arg(&self.name);
+                let code = seen.code.to_string_lossy();
+                let args = runtime::Args {
+                    channel: runtime::Channel::Fd(CHANNEL_FD),
+                    code: Some((&code, &self.name)),
+                    limit_ms: Some(self.limits.runtime.as_millis()),
+                    packages,
+                    block_io_uring: false,
+                };
+                cmd.arg(&seen.runtime).args(args.to_vec());
                 Stdio::null()
             }
         };
-        if !seen.packages.is_empty() {
-            cmd.arg("--packages")
-                .arg(std::env::join_paths(&seen.packages).map_err(std::io::Error::other)?);
-        }
         let plan = match &self.layout {
             Some(l) => Some(l.plan(&self.own())?),
             None => {
@@ -181,6 +193,7 @@ impl ProcessSandbox {
         let mem_bytes = self.limits.memory_mb * 1024 * 1024;
         let nproc = self.limits.procs;
         let nofile = self.limits.open_files;
+        let fsize = (self.scratch_mb + LOG_CAP_MB) << 20;
         let private_network = self.private_network;
         let netns = self.netns.as_ref().map(|f| f.as_raw_fd());
         let filter = crate::sandbox::seccomp::Filter::new();
@@ -228,6 +241,7 @@ impl ProcessSandbox {
                 };
                 check(limit(libc::RLIMIT_CORE, 0))?;
                 check(limit(libc::RLIMIT_NOFILE, nofile))?;
+                check(limit(libc::RLIMIT_FSIZE, fsize))?;
                 if !has_memory_cgroup {
                     check(limit(libc::RLIMIT_AS, mem_bytes.max(64 << 20)))?;
                 }
@@ -564,10 +578,18 @@ impl Sandbox for ProcessSandbox {
         self.state = SandboxState::Removed;
     }
 
+    /// The last `max_bytes` of its stderr log (read from there, not whole).
     fn logs(&self, max_bytes: usize) -> String {
-        let data = fs::read(&self.log).unwrap_or_default();
-        let start = data.len().saturating_sub(max_bytes);
-        String::from_utf8_lossy(&data[start..]).into_owned()
+        use std::io::{Read, Seek, SeekFrom};
+        let mut data = Vec::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let from = len.saturating_sub(max_bytes as u64);
+            if f.seek(SeekFrom::Start(from)).is_ok() {
+                let _ = f.take(max_bytes as u64).read_to_end(&mut data);
+            }
+        }
+        String::from_utf8_lossy(&data).into_owned()
     }
 
     async fn exit_reason(&mut self) -> String {
