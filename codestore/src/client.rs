@@ -133,7 +133,7 @@ impl Store {
         match &self.kind {
             Kind::Dir(root) => {
                 dir::install(root, name, bytes).map_err(|e| e.to_string())?;
-                Ok(local(201, format!("installed {name}")))
+                Ok(local(201, crate::api::installed(name)))
             }
             Kind::Http(base) => {
                 let url = format!("{base}/{name}");

@@ -3,6 +3,8 @@
 //! package may hold, of its version, and of the directory code store, so
 //! that both sides check uploads the same way and agree on versions.
 //!
+//! - [`api`]: the `/registry` API's requests and messages, read the same
+//!   way by the worker's and the proxy's fronts.
 //! - [`archive`]: pack a directory as `.tar.gz`; unpack or inspect an
 //!   untrusted one without letting anything escape the function directory.
 //! - [`client`]: the code store as worker and proxy use it, a directory or
@@ -17,6 +19,7 @@
 //! - [`check_metadata`]: the checks of an upload beyond its archive's, the
 //!   same on both sides.
 
+pub mod api;
 pub mod archive;
 pub mod client;
 pub mod dir;

@@ -33,6 +33,16 @@ pub const X_OL_GRPC_METHOD: &str = "x-ol-grpc-method";
 /// a traceback (`ol_runtime.py`); never passed on.
 pub const X_OL_TRACEBACK: &str = "x-ol-traceback";
 
+/// Keys of the worker's `GET /stats` JSON that the proxy reads (and shows
+/// on its `/metrics`): the worker writes them with these names.
+pub mod stats {
+    pub const ZYGOTES_LIVE: &str = "zygotes.live";
+    pub const ZYGOTES_CREATED: &str = "zygotes.created";
+    pub const ZYGOTES_FALLBACKS: &str = "zygotes.fallbacks";
+    pub const PACKAGES_INSTALLED: &str = "packages.installed";
+    pub const PACKAGES_INSTALL_FAILED: &str = "packages.install-failed";
+}
+
 /// Whether `name` is a platform header (`x-ol-*`, any case).
 pub fn is_platform(name: &str) -> bool {
     name.len() >= X_OL_PREFIX.len()

@@ -9,7 +9,8 @@
 //!   ([`RuntimeConn::call`]);
 //! - a pre-started runtime (the Docker pool) takes its function from an
 //!   init frame pair on its first connection ([`RuntimeConn::init`]);
-//! - the environment every runtime starts with ([`base_env`]).
+//! - its command line ([`Args`]) and the environment every runtime starts
+//!   with ([`base_env`]).
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -41,6 +42,52 @@ pub struct ReplyTooLarge {
 /// Largest init reply (a load traceback): the runtime is not serving
 /// calls yet, so nothing it sends needs more.
 const MAX_INIT_REPLY_BYTES: usize = 1 << 20;
+
+/// How the runtime reaches its worker.
+pub enum Channel<'a> {
+    /// An inherited, connected socket (`--fd N`).
+    Fd(i32),
+    /// A unix socket path it listens on (`--socket P`, Docker).
+    Socket(&'a str),
+}
+
+/// The runtime's command-line arguments (after `ol_runtime.py`): the one
+/// place both backends spell them, as the runtime's `main` reads them.
+pub struct Args<'a> {
+    pub channel: Channel<'a>,
+    /// The function's code dir and name as the runtime sees them; `None`
+    /// for a pre-started runtime (its init frame names them).
+    pub code: Option<(&'a str, &'a str)>,
+    /// The runtime limit, also enforced by the runtime itself.
+    pub limit_ms: Option<u128>,
+    /// Package dirs for `sys.path`, joined with `:`.
+    pub packages: Option<String>,
+    /// Installs `sandbox::seccomp`'s filter itself before any code runs.
+    pub block_io_uring: bool,
+}
+
+impl Args<'_> {
+    pub fn to_vec(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.block_io_uring {
+            v.push("--block-io-uring".to_string());
+        }
+        match self.channel {
+            Channel::Fd(fd) => v.extend(["--fd".to_string(), fd.to_string()]),
+            Channel::Socket(p) => v.extend(["--socket".to_string(), p.to_string()]),
+        }
+        if let Some((code, name)) = self.code {
+            v.extend(["--code", code, "--name", name].map(String::from));
+        }
+        if let Some(ms) = self.limit_ms {
+            v.extend(["--limit-ms".to_string(), ms.to_string()]);
+        }
+        if let Some(p) = &self.packages {
+            v.extend(["--packages".to_string(), p.clone()]);
+        }
+        v
+    }
+}
 
 /// The environment of every runtime, before the function's own
 /// (`environment` in `ol.yaml`); `home` is its private scratch dir, also

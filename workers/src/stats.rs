@@ -86,15 +86,13 @@ pub static BACKEND: BackendCounters = BackendCounters {
 
 impl BackendCounters {
     fn pairs(&self) -> [(&'static str, u64); 5] {
+        use config::wire::stats::*;
         [
-            ("packages.installed", self.packages_installed.load(Relaxed)),
-            (
-                "packages.install-failed",
-                self.packages_failed.load(Relaxed),
-            ),
-            ("zygotes.created", self.zygotes_created.load(Relaxed)),
-            ("zygotes.live", self.zygotes_live.load(Relaxed)),
-            ("zygotes.fallbacks", self.zygote_fallbacks.load(Relaxed)),
+            (PACKAGES_INSTALLED, self.packages_installed.load(Relaxed)),
+            (PACKAGES_INSTALL_FAILED, self.packages_failed.load(Relaxed)),
+            (ZYGOTES_CREATED, self.zygotes_created.load(Relaxed)),
+            (ZYGOTES_LIVE, self.zygotes_live.load(Relaxed)),
+            (ZYGOTES_FALLBACKS, self.zygote_fallbacks.load(Relaxed)),
         ]
     }
 }

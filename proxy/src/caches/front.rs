@@ -10,6 +10,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use codestore::api::Request;
 use http::Response;
 use pingora::protocols::http::ServerSession;
 
@@ -33,47 +34,35 @@ impl CodeStore {
         }
         let path = session.req_header().uri.path().to_string();
         let method = session.req_header().method.clone();
-        let rest = path
-            .strip_prefix("/registry")
-            .unwrap_or("")
-            .trim_start_matches('/');
-        if rest.is_empty() {
-            if method != http::Method::GET {
-                return reply_line(On, 405, "the registry list only answers GET");
-            }
-            return match self.list().await {
+        let rest = path.strip_prefix("/registry").unwrap_or("");
+        let ask = match codestore::api::parse(method.as_str(), rest) {
+            Ok(a) => a,
+            Err(r) => return reply_line(On, r.status, &r.reason),
+        };
+        match ask {
+            Request::List => match self.list().await {
                 Ok(names) => {
                     let body = serde_json::to_vec(&names).unwrap_or_default();
                     reply(On, 200, "application/json", body)
                 }
                 Err(e) => reply_line(On, 502, &e.0),
-            };
-        }
-        let (name, sub) = rest.split_once('/').unwrap_or((rest, ""));
-        let name = match (&method, sub) {
-            (&http::Method::GET | &http::Method::HEAD, "") => {
-                name.strip_suffix(".tar.gz").unwrap_or(name)
-            }
-            _ => name,
-        };
-        if let Err(e) = config::validate_function_name(name) {
-            return reply_line(On, 400, &e);
-        }
-        let name = name.to_string();
-        match (method.as_str(), sub) {
-            ("GET" | "HEAD", "") | ("GET", "config") => match self.get(&name).await {
-                Ok(Some(p)) if sub.is_empty() => {
-                    let mut r = reply(On, 200, "application/gzip", p.bytes.to_vec());
-                    if let Ok(v) = http::HeaderValue::from_str(&p.version) {
-                        r.headers_mut().insert(config::wire::X_OL_VERSION, v);
-                    }
-                    r
-                }
-                Ok(Some(p)) => reply(On, 200, "application/json", p.config_json.to_vec()),
-                Ok(None) => reply_line(On, 404, &codestore::client::not_found(&name)),
-                Err(e) => reply_line(On, 502, &format!("code store: {}", e.0)),
             },
-            ("POST" | "PUT", "") => {
+            Request::Package(name) | Request::Config(name) => {
+                let config = matches!(ask, Request::Config(_));
+                match self.get(name).await {
+                    Ok(Some(p)) if !config => {
+                        let mut r = reply(On, 200, "application/gzip", p.bytes.to_vec());
+                        if let Ok(v) = http::HeaderValue::from_str(&p.version) {
+                            r.headers_mut().insert(config::wire::X_OL_VERSION, v);
+                        }
+                        r
+                    }
+                    Ok(Some(p)) => reply(On, 200, "application/json", p.config_json.to_vec()),
+                    Ok(None) => reply_line(On, 404, &codestore::client::not_found(name)),
+                    Err(e) => reply_line(On, 502, &format!("code store: {}", e.0)),
+                }
+            }
+            Request::Upload(name) => {
                 let read = body::read(session, self.max_upload, false).await;
                 let body = match read {
                     Ok(BodyRead::Whole(b)) => b,
@@ -91,8 +80,8 @@ impl CodeStore {
                         return reply_line(On, 400, &format!("cannot read the upload: {e}"));
                     }
                 };
-                let (status, msg) = self.upload(&name, body).await;
-                self.invalidate(&name).await;
+                let (status, msg) = self.upload(name, body).await;
+                self.invalidate(name).await;
                 if status == 201 {
                     self.stats.uploads.fetch_add(1, Relaxed);
                 } else {
@@ -100,21 +89,14 @@ impl CodeStore {
                 }
                 reply_line(On, status, &msg)
             }
-            ("DELETE", "") => {
-                let (status, msg) = self.delete(&name).await;
-                self.invalidate(&name).await;
+            Request::Delete(name) => {
+                let (status, msg) = self.delete(name).await;
+                self.invalidate(name).await;
                 if status == 204 {
                     self.stats.deletes.fetch_add(1, Relaxed);
                     return reply(On, 204, "text/plain", Vec::new());
                 }
                 reply_line(On, status, &msg)
-            }
-            (m, s) => {
-                let msg = format!(
-                    "{m} /registry/{name}{}{s} is not supported",
-                    if s.is_empty() { "" } else { "/" }
-                );
-                reply_line(On, 405, &msg)
             }
         }
     }

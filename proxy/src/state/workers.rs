@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use config::wire::stats;
 use http::HeaderValue;
 
 use policies::Warm;
@@ -43,11 +44,11 @@ pub struct Worker {
 /// The `/stats` keys a worker reports that `Reported` keeps, in its
 /// field order (their metric names: `admin/prometheus.rs`).
 pub const REPORTED: [&str; 5] = [
-    "zygotes.live",
-    "zygotes.created",
-    "zygotes.fallbacks",
-    "packages.installed",
-    "packages.install-failed",
+    stats::ZYGOTES_LIVE,
+    stats::ZYGOTES_CREATED,
+    stats::ZYGOTES_FALLBACKS,
+    stats::PACKAGES_INSTALLED,
+    stats::PACKAGES_INSTALL_FAILED,
 ];
 
 /// Gauges a worker reports at `GET /stats` (its zygotes and package

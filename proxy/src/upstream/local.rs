@@ -22,13 +22,13 @@ static CHILDREN: Mutex<Vec<Child>> = Mutex::new(Vec::new());
 static OWN_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// Picks a free loopback port (bind :0, read it back, release it).
-pub fn free_port() -> std::io::Result<u16> {
+fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Where the `ol-worker` executable is: a path as given, or the name next
 /// to this executable, or the name on `PATH`.
-pub fn find_binary(binary: &str) -> PathBuf {
+fn find_binary(binary: &str) -> PathBuf {
     if binary.contains('/') {
         return PathBuf::from(binary);
     }

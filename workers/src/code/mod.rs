@@ -6,3 +6,7 @@
 pub mod packages;
 pub mod protos;
 pub mod registry;
+
+/// What the sandbox backends know of code: one unpacked version (they
+/// never see the registry that made it).
+pub use registry::CodeVersion;

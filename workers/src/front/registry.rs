@@ -12,8 +12,9 @@
 
 use std::sync::Arc;
 
+use codestore::api::Request;
 use http::header::HeaderValue;
-use http::{Method, Request, StatusCode};
+use http::StatusCode;
 use hyper::body::Incoming;
 
 use super::body;
@@ -26,8 +27,7 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    pub async fn serve(&self, rest: &str, req: Request<Incoming>) -> Resp {
-        let rest = rest.trim_start_matches('/');
+    pub async fn serve(&self, rest: &str, req: http::Request<Incoming>) -> Resp {
         let authorized = self.registry.token_given(
             req.headers()
                 .get(http::header::AUTHORIZATION)
@@ -42,35 +42,23 @@ impl Endpoints {
                 .insert("www-authenticate", HeaderValue::from_static("Bearer"));
             return r;
         }
-        if rest.is_empty() {
-            if req.method() != Method::GET {
-                return text(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "the registry list only answers GET",
-                );
+        let ask = match codestore::api::parse(req.method().as_str(), rest) {
+            Ok(a) => a,
+            Err(r) => {
+                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+                return text(status, &r.reason);
             }
-            return match self.registry.list().await {
+        };
+        match ask {
+            Request::List => match self.registry.list().await {
                 Ok(names) => json(StatusCode::OK, serde_json::to_string(&names).unwrap()),
                 Err(e) => error_response(e.into()),
-            };
-        }
-        let (name, sub) = match rest.split_once('/') {
-            Some((n, s)) => (n, s),
-            None => (rest, ""),
-        };
-        let name = match (req.method(), sub) {
-            (&Method::GET, "") => name.strip_suffix(".tar.gz").unwrap_or(name),
-            _ => name,
-        };
-        if let Err(e) = config::validate_function_name(name) {
-            return text(StatusCode::BAD_REQUEST, &e);
-        }
-        match (req.method().clone(), sub) {
-            (Method::GET, "") => match self.registry.package(name).await {
+            },
+            Request::Package(name) => match self.registry.package(name).await {
                 Ok(bytes) => package(bytes),
                 Err(e) => error_response(e.into()),
             },
-            (Method::GET, "config") => match self.registry.resolve(name).await {
+            Request::Config(name) => match self.registry.resolve(name).await {
                 Ok(code) => {
                     let mut config = code.config.clone();
                     // Secrets go only to a caller with the token.
@@ -83,28 +71,22 @@ impl Endpoints {
                 }
                 Err(e) => error_response(e.into()),
             },
-            (Method::POST | Method::PUT, "") => {
+            Request::Upload(name) => {
+                let name = name.to_string();
                 let (parts, body) = req.into_parts();
                 let bytes = match body::read(body, &parts.headers, self.max_upload).await {
                     Ok(b) => b,
                     Err(r) => return r,
                 };
-                match self.registry.upload(name, bytes.to_vec()).await {
-                    Ok(()) => text(StatusCode::CREATED, &format!("installed {name}")),
+                match self.registry.upload(&name, bytes.to_vec()).await {
+                    Ok(()) => text(StatusCode::CREATED, &codestore::api::installed(&name)),
                     Err(e) => error_response(e.into()),
                 }
             }
-            (Method::DELETE, "") => match self.registry.delete(name).await {
+            Request::Delete(name) => match self.registry.delete(name).await {
                 Ok(()) => no_content(),
                 Err(e) => error_response(e.into()),
             },
-            (m, s) => text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &format!(
-                    "{m} /registry/{name}{}{s} is not supported",
-                    if s.is_empty() { "" } else { "/" }
-                ),
-            ),
         }
     }
 }

@@ -111,6 +111,16 @@ pub fn package(bytes: Vec<u8>) -> Resp {
     r
 }
 
+/// Encoded protobuf (a `FileDescriptorSet`) as the response.
+pub fn protobuf(bytes: Vec<u8>) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-protobuf"),
+    );
+    r
+}
+
 /// 204, no body.
 pub fn no_content() -> Resp {
     let mut r = Response::new(Full::new(Bytes::new()));

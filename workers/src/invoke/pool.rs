@@ -15,7 +15,7 @@ use config::worker::InstancesConfig;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument;
 
-use crate::code::registry::CodeVersion;
+use crate::code::CodeVersion;
 use crate::runtime::RuntimeConn;
 use crate::sandbox::{Limits, Sandbox, SandboxError, SandboxManager, SandboxState};
 use crate::stats::Stats;

@@ -19,16 +19,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// What a dead worker may leave behind.
-#[derive(Debug, Default, Clone)]
-pub struct Leftovers {
-    /// The worker's own cgroup dirs (every instance's cgroup is below one).
-    pub cgroups: Vec<PathBuf>,
-    /// The `ol-edge.worker` label of its containers.
-    pub docker_label: Option<String>,
-    /// Its `instances/` dir: scratch mounts (RAM) and dirs.
-    pub instances: Option<PathBuf>,
-}
+use super::Leftovers;
 
 /// The first argument that makes `ol-worker` a guard.
 pub const GUARD_FLAG: &str = "--guard";

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::code::registry::CodeVersion;
+use crate::code::CodeVersion;
 
 /// The unprivileged uids handlers run as, one per live instance, when the
 /// worker is root (no passwd entries needed). Shared by every backend.
@@ -379,6 +379,17 @@ pub trait Sandbox: Send + Sync {
     }
 }
 
+/// What a dead worker may leave behind (the guard, `guard.rs`, removes it).
+#[derive(Debug, Default, Clone)]
+pub struct Leftovers {
+    /// The worker's own cgroup dirs (every instance's cgroup is below one).
+    pub cgroups: Vec<std::path::PathBuf>,
+    /// The `ol-edge.worker` label of its containers.
+    pub docker_label: Option<String>,
+    /// Its `instances/` dir: scratch mounts (RAM) and dirs.
+    pub instances: Option<std::path::PathBuf>,
+}
+
 /// Creates sandboxes of one backend.
 #[async_trait]
 pub trait SandboxManager: Send + Sync {
@@ -393,7 +404,7 @@ pub trait SandboxManager: Send + Sync {
     /// Removes what the backend left behind at exit.
     async fn shutdown(&self);
     /// What a guard must stop if this worker dies without `shutdown`.
-    fn leftovers(&self) -> guard::Leftovers;
+    fn leftovers(&self) -> Leftovers;
 }
 
 #[cfg(test)]

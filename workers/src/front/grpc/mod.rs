@@ -31,10 +31,8 @@ mod wire;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use config::wire::{X_OL_FUNCTION, X_OL_GRPC_METHOD, X_OL_VERSION};
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use prost::Message as _;
@@ -49,6 +47,7 @@ use self::wire::{
     add_timing, describe_path, forwarded_headers, frame, from_json, is_grpc_call, ok_response,
     parse_timeout, read_message, split_path, status_of, to_json,
 };
+use super::reply::{self, Resp};
 use crate::code::protos;
 use crate::code::registry::{Registry, RegistryError};
 use crate::invoke::{CallError, HandlerSet};
@@ -82,7 +81,7 @@ impl Grpc {
     /// Answers one gRPC request. Never fails: errors are gRPC statuses.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         if !is_grpc_call(&req) {
-            return self.describe(req.uri().path()).await;
+            return self.describe(req.uri().path()).await.map(Body::new);
         }
         let (parts, body) = req.into_parts();
         let deadline = match parse_timeout(&parts.headers) {
@@ -156,53 +155,36 @@ impl Grpc {
     /// `GET /grpc/<service>` is the compiled descriptors of the function
     /// bound to it, an encoded `google.protobuf.FileDescriptorSet` (imports
     /// included), with `x-ol-function` and `x-ol-version` headers.
-    async fn describe(&self, path: &str) -> Response<Body> {
+    async fn describe(&self, path: &str) -> Resp {
         let sh = &self.shared;
-        let plain = |status: u16, body: Vec<u8>, ct: &'static str| {
-            let mut r = Response::new(Body::new(Full::new(Bytes::from(body))));
-            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
-            r
-        };
-        let text = |status: u16, line: String| {
-            plain(
-                status,
-                format!("{line}\n").into_bytes(),
-                "text/plain; charset=utf-8",
-            )
-        };
         let service = describe_path(path).unwrap_or("");
         if service.is_empty() {
             return match sh.index.all().await {
-                Ok(map) => plain(
-                    200,
-                    serde_json::to_vec(&map).unwrap_or_default(),
-                    "application/json",
+                Ok(map) => reply::json(
+                    StatusCode::OK,
+                    serde_json::to_string(&map).unwrap_or_default(),
                 ),
-                Err(s) => text(502, s.message().to_string()),
+                Err(s) => reply::text(StatusCode::BAD_GATEWAY, s.message()),
             };
         }
+        let unbound = || {
+            let line = format!("no function binds the gRPC service {service:?}");
+            reply::text(StatusCode::NOT_FOUND, &line)
+        };
         let found = match sh.index.lookup(service).await {
             Ok(f) => f,
-            Err(s) => return text(502, s.message().to_string()),
+            Err(s) => return reply::text(StatusCode::BAD_GATEWAY, s.message()),
         };
         let Some(name) = found else {
-            return text(
-                404,
-                format!("no function binds the gRPC service {service:?}"),
-            );
+            return unbound();
         };
         let code = match sh.registry.resolve(&name).await {
             Ok(c) => c,
-            Err(e) => {
-                let e = CallError::from(e);
-                return text(e.status, e.line);
-            }
+            Err(e) => return reply::error_response(CallError::from(e)),
         };
         match protos::load(&name, &code.dir, &code.config) {
             Ok(Some(c)) if c.service.full_name() == service => {
-                let mut r = plain(200, c.pool().encode_to_vec(), "application/x-protobuf");
+                let mut r = reply::protobuf(c.pool().encode_to_vec());
                 for (k, v) in [(X_OL_FUNCTION, &name), (X_OL_VERSION, &code.version)] {
                     if let Ok(v) = HeaderValue::try_from(v.as_str()) {
                         r.headers_mut().insert(k, v);
@@ -210,11 +192,8 @@ impl Grpc {
                 }
                 r
             }
-            Ok(_) => text(
-                404,
-                format!("no function binds the gRPC service {service:?}"),
-            ),
-            Err(e) => text(500, format!("function {name}: {e}")),
+            Ok(_) => unbound(),
+            Err(e) => reply::error_response(CallError::new(500, format!("function {name}: {e}"))),
         }
     }
 

@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
 use super::engine::{one_line, remove_container, OWNER_LABEL, WORKER_LABEL};
-use crate::code::registry::CodeVersion;
+use crate::code::CodeVersion;
 use crate::fsutil;
 use crate::runtime::{self, FirstLine, Loaded, RuntimeConn};
 use crate::sandbox::{Exit, Limits, Sandbox, SandboxError, SandboxState, Uid, UidPool};
@@ -134,16 +134,18 @@ impl Containers {
         };
         // The engine's profile may allow io_uring (Docker before 25): the
         // runtime stacks `sandbox::seccomp`'s filter on it before any code.
-        let mut cmd: Vec<String> = [
-            "/usr/bin/python3",
-            "-I",
-            "-S",
-            RUNTIME_IN_IMAGE,
-            "--block-io-uring",
-        ]
-        .map(String::from)
-        .to_vec();
-        cmd.extend(["--socket".into(), format!("{SCRATCH_IN_CONTAINER}/rt.sock")]);
+        let socket = format!("{SCRATCH_IN_CONTAINER}/rt.sock");
+        let args = runtime::Args {
+            channel: runtime::Channel::Socket(&socket),
+            code: code.map(|c| (CODE_IN_CONTAINER, c.name.as_str())),
+            limit_ms: code.map(|_| limits.runtime.as_millis()),
+            packages: None,
+            block_io_uring: true,
+        };
+        let mut cmd: Vec<String> = ["/usr/bin/python3", "-I", "-S", RUNTIME_IN_IMAGE]
+            .map(String::from)
+            .to_vec();
+        cmd.extend(args.to_vec());
         let mut mounts = vec![bind(&sb.dir, SCRATCH_IN_CONTAINER, false)];
         let mut labels = HashMap::from([
             (WORKER_LABEL.to_string(), self.label.clone()),
@@ -151,10 +153,6 @@ impl Containers {
         ]);
         match code {
             Some(code) => {
-                cmd.extend(["--code".into(), CODE_IN_CONTAINER.into()]);
-                cmd.extend(["--name".into(), code.name.clone()]);
-                let limit_ms = limits.runtime.as_millis().to_string();
-                cmd.extend(["--limit-ms".into(), limit_ms]);
                 mounts.push(bind(&code.dir, CODE_IN_CONTAINER, true));
                 labels.insert("ol-edge.function".into(), code.name.clone());
             }

@@ -61,7 +61,7 @@ use self::container::Containers;
 use self::egress::Egress;
 use self::engine::{connect, default_image, is_not_found, one_line};
 use self::pool::Pool;
-use crate::code::registry::CodeVersion;
+use crate::code::CodeVersion;
 use crate::fsutil;
 use crate::sandbox::{Limits, Sandbox, SandboxError, SandboxManager, UidPool};
 
@@ -196,8 +196,8 @@ impl SandboxManager for DockerManager {
         )
     }
 
-    fn leftovers(&self) -> crate::sandbox::guard::Leftovers {
-        crate::sandbox::guard::Leftovers {
+    fn leftovers(&self) -> crate::sandbox::Leftovers {
+        crate::sandbox::Leftovers {
             cgroups: Vec::new(),
             // This run's, not the work dir's: a worker restarted on the
             // same dir keeps its containers when the old guard acts late.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use config::function::Network;
 
 use super::container::{Containers, DockerSandbox, PendingInit};
-use crate::code::registry::CodeVersion;
+use crate::code::CodeVersion;
 use crate::sandbox::{Limits, Sandbox};
 
 pub struct Pool {

@@ -262,9 +262,7 @@ async fn ip(prefix: &[&str], script: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "ip: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .trim()
-                .replace('\n', "; ")
+            config::one_line(&String::from_utf8_lossy(&out.stderr))
         ))
     }
 }

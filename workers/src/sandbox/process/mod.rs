@@ -51,7 +51,7 @@ use self::instance::{
 use self::jail::Layout;
 use self::zygote::{Zygote, Zygotes};
 use crate::code::packages::{PackageError, PackageStore, Pin};
-use crate::code::registry::CodeVersion;
+use crate::code::CodeVersion;
 use crate::fsutil;
 use crate::runtime::RUNTIME_PY;
 use crate::sandbox::cgroup::Cgroups;
@@ -579,8 +579,8 @@ impl SandboxManager for ProcessManager {
         )
     }
 
-    fn leftovers(&self) -> crate::sandbox::guard::Leftovers {
-        crate::sandbox::guard::Leftovers {
+    fn leftovers(&self) -> crate::sandbox::Leftovers {
+        crate::sandbox::Leftovers {
             cgroups: self
                 .inner
                 .cgroups
