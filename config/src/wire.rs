@@ -43,6 +43,23 @@ pub mod stats {
     pub const PACKAGES_INSTALL_FAILED: &str = "packages.install-failed";
 }
 
+/// On every error response (status 400 or more, or a gRPC error): who
+/// wrote it. [`LEVEL_PROXY`]: the proxy itself (no worker could take the
+/// call, a bad request, a worker it could not reach); [`LEVEL_WORKER`]:
+/// the worker (unknown function, at its limits, the instance crashed or
+/// ran out of time); [`LEVEL_FUNCTION`]: the function's own reply (its
+/// status, or the exception it raised).
+pub const X_OL_ERROR: &str = "x-ol-error";
+pub const LEVEL_PROXY: &str = "proxy";
+pub const LEVEL_WORKER: &str = "worker";
+pub const LEVEL_FUNCTION: &str = "function";
+/// Worker -> proxy: the call was refused before any of the function's code
+/// ran (the value says why: [`REFUSED_QUEUE_FULL`], [`REFUSED_DRAINING`]),
+/// so another worker may take it, whatever its method.
+pub const X_OL_REFUSED: &str = "x-ol-refused";
+pub const REFUSED_QUEUE_FULL: &str = "queue-full";
+pub const REFUSED_DRAINING: &str = "draining";
+
 /// Whether `name` is a platform header (`x-ol-*`, any case).
 pub fn is_platform(name: &str) -> bool {
     name.len() >= X_OL_PREFIX.len()

@@ -19,7 +19,9 @@
 //!   worker's log; the client gets the one-line error.
 
 use bytes::Bytes;
-use config::wire::{is_platform, X_OL_TRACEBACK};
+use config::wire::{
+    is_platform, LEVEL_FUNCTION, LEVEL_WORKER, X_OL_ERROR, X_OL_REFUSED, X_OL_TRACEBACK,
+};
 use config::worker::Tracebacks;
 use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Response, StatusCode};
@@ -87,11 +89,15 @@ pub fn hide_detail(name: &str, e: &mut CallError, tracebacks: Tracebacks) {
     }
 }
 
-/// A checked function reply as the response.
+/// A checked function reply as the response (`x-ol-error: function` when
+/// its status is an error).
 pub fn function(reply: Reply) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
     *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let h = resp.headers_mut();
+    if reply.status >= 400 {
+        h.insert(X_OL_ERROR, HeaderValue::from_static(LEVEL_FUNCTION));
+    }
     for (k, v) in &reply.headers {
         if let (Ok(k), Ok(v)) = (
             HeaderName::try_from(k.as_str()),
@@ -145,7 +151,17 @@ pub fn error_response(e: CallError) -> Resp {
     if let Some(allow) = e.allow.and_then(|a| HeaderValue::try_from(a).ok()) {
         r.headers_mut().insert(ALLOW, allow);
     }
+    worker_error(r.headers_mut(), e.refused);
     r
+}
+
+/// Marks one of the worker's own error answers: `x-ol-error: worker`, and
+/// `x-ol-refused` when nothing of the function ran.
+pub fn worker_error(h: &mut http::HeaderMap, refused: Option<&'static str>) {
+    h.insert(X_OL_ERROR, HeaderValue::from_static(LEVEL_WORKER));
+    if let Some(why) = refused {
+        h.insert(X_OL_REFUSED, HeaderValue::from_static(why));
+    }
 }
 
 /// `line` and a newline, as `text/plain`.
@@ -160,6 +176,9 @@ fn plain(status: StatusCode, body: String) -> Resp {
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if status.as_u16() >= 400 {
+        worker_error(r.headers_mut(), None);
+    }
     r
 }
 
@@ -180,6 +199,8 @@ mod tests {
         for h in [
             "X-OL-Cache",
             "x-ol-timing",
+            "x-ol-refused",
+            "X-Ol-Error",
             "Connection",
             "Transfer-Encoding",
             "content-length",

@@ -51,6 +51,9 @@ pub struct CallError {
     pub detail: String,
     /// For 405: the allowed methods.
     pub allow: Option<String>,
+    /// Refused before any of the function's code ran, and why
+    /// (`config::wire::REFUSED_*`): another worker may take the call.
+    pub refused: Option<&'static str>,
 }
 
 impl CallError {
@@ -60,6 +63,16 @@ impl CallError {
             line: line.into(),
             detail: String::new(),
             allow: None,
+            refused: None,
+        }
+    }
+
+    /// A refusal before any of the function's code ran (`why`: one of
+    /// `config::wire::REFUSED_*`).
+    pub fn refused(status: u16, why: &'static str, line: impl Into<String>) -> Self {
+        CallError {
+            refused: Some(why),
+            ..CallError::new(status, line)
         }
     }
 }
@@ -90,6 +103,7 @@ impl From<SandboxError> for CallError {
             line: e.to_string(),
             detail,
             allow: None,
+            refused: None,
         }
     }
 }
@@ -203,8 +217,9 @@ impl HandlerSet {
             Some(slot) => Ok(slot),
             None => {
                 self.stats.queue_full.fetch_add(1, Relaxed);
-                Err(CallError::new(
+                Err(CallError::refused(
                     429,
+                    config::wire::REFUSED_QUEUE_FULL,
                     format!(
                         "{} is at its limit of {} instances and {} queued calls; retry later",
                         handler.name, cfg.max_per_function, cfg.queue_per_function
@@ -268,6 +283,7 @@ impl HandlerSet {
                     line: format!("function {name}'s runtime died during the call: {why}"),
                     detail: log,
                     allow: None,
+                    refused: None,
                 })
             }
             Ran::TooLarge(what) => {
@@ -315,5 +331,6 @@ fn check_method(code: &CodeVersion, method: &str) -> Result<(), CallError> {
         ),
         detail: String::new(),
         allow: Some(list),
+        refused: None,
     })
 }

@@ -69,12 +69,15 @@ impl Shared {
                     } else {
                         line
                     };
-                    Err(status_of(CallError::new(r.status, line)))
+                    Err(status_of(
+                        CallError::new(r.status, line),
+                        config::wire::LEVEL_FUNCTION,
+                    ))
                 }
             }
             Err(e) => {
                 stats.count_status(e.status);
-                Err(status_of(e))
+                Err(status_of(e, config::wire::LEVEL_WORKER))
             }
         };
         (res, timing)

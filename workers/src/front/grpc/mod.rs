@@ -219,7 +219,7 @@ impl Grpc {
                 Ok(code) => protos::load(&name, &code.dir, &code.config)
                     .map_err(|e| Status::internal(format!("function {name}: {e}")))?,
                 Err(RegistryError::NotFound(_)) => None,
-                Err(e) => return Err(status_of(CallError::from(e))),
+                Err(e) => return Err(status_of(CallError::from(e), config::wire::LEVEL_WORKER)),
             };
             match current {
                 Some(c) if c.service.full_name() == service => break (name, c),

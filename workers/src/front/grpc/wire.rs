@@ -227,8 +227,9 @@ pub fn from_json(
         })
 }
 
-/// The gRPC status of a failed call, from its HTTP status (workers/GRPC.md).
-pub fn status_of(e: CallError) -> Status {
+/// The gRPC status of a failed call, from its HTTP status (workers/GRPC.md),
+/// with `x-ol-error: <level>` (and `x-ol-refused`) in its metadata.
+pub fn status_of(e: CallError, level: &'static str) -> Status {
     let code = match e.status {
         400 => Code::InvalidArgument,
         404 => Code::NotFound,
@@ -239,7 +240,18 @@ pub fn status_of(e: CallError) -> Status {
         504 => Code::DeadlineExceeded,
         _ => Code::Unknown,
     };
-    Status::new(code, e.line)
+    let mut meta = tonic::metadata::MetadataMap::new();
+    meta.insert(
+        config::wire::X_OL_ERROR,
+        tonic::metadata::MetadataValue::from_static(level),
+    );
+    if let Some(why) = e.refused {
+        meta.insert(
+            config::wire::X_OL_REFUSED,
+            tonic::metadata::MetadataValue::from_static(why),
+        );
+    }
+    Status::with_metadata(code, e.line, meta)
 }
 
 #[cfg(test)]
@@ -285,7 +297,7 @@ mod tests {
             (504, Code::DeadlineExceeded),
             (502, Code::Unavailable),
         ] {
-            assert_eq!(status_of(CallError::new(http, "x")).code(), code);
+            assert_eq!(status_of(CallError::new(http, "x"), "worker").code(), code);
         }
     }
 }
