@@ -77,6 +77,8 @@ pub struct ProxyConfig {
     /// Connect failures retried on the next worker of the policy's order.
     pub retries: usize,
     pub limits: ProxyLimits,
+    /// Holding calls no worker can take yet, and retrying refusals.
+    pub admission: AdmissionConfig,
     /// Function routes and policies (the policies crate's schema).
     pub routing: RoutingConfig,
     /// Paths outside `/run/` that are forwarded unchanged (first match
@@ -266,6 +268,36 @@ pub struct ProxyLimits {
     pub max_connections: usize,
 }
 
+/// `[admission]`: what happens to a call no worker can take right now
+/// (proxy/README.md, "Admission").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// How long a call may wait at the proxy for a worker that can take it
+    /// (none healthy yet, or every pick refused it); then 503 with
+    /// `Retry-After`. 0: no hold, answer at once.
+    pub hold_ms: u64,
+    /// Calls of one function waiting at once; one more is answered 503 at once.
+    pub hold_queue: usize,
+    /// Retries of refused calls on the next pick, as a fraction of calls
+    /// over the last seconds (linkerd's retry budget), on top of
+    /// `min_retries_per_s`; past the budget a refused call waits in the
+    /// hold instead of trying the next worker at once.
+    pub retry_ratio: f64,
+    pub min_retries_per_s: u64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            hold_ms: 5000,
+            hold_queue: 1024,
+            retry_ratio: 0.2,
+            min_retries_per_s: 10,
+        }
+    }
+}
+
 /// A non-`/run/` path prefix forwarded unchanged with a policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -289,6 +321,7 @@ impl Default for ProxyConfig {
             timeouts: TimeoutsConfig::default(),
             retries: 2,
             limits: ProxyLimits::default(),
+            admission: AdmissionConfig::default(),
             routing: RoutingConfig::default(),
             paths: Vec::new(),
             experiments: Vec::new(),
@@ -538,6 +571,25 @@ impl ProxyConfig {
         }
         if self.retries > 16 {
             return Err(Invalid::new("retries", "must be at most 16"));
+        }
+        let a = &self.admission;
+        if a.hold_ms > 600_000 {
+            return Err(Invalid::new(
+                "admission.hold_ms",
+                "must be at most 600000 (10 minutes)",
+            ));
+        }
+        if a.hold_queue == 0 || a.hold_queue > 1_000_000 {
+            return Err(Invalid::new(
+                "admission.hold_queue",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(0.0..=1.0).contains(&a.retry_ratio) {
+            return Err(Invalid::new(
+                "admission.retry_ratio",
+                "must be between 0 and 1",
+            ));
         }
         self.routing.validate_at("routing")?;
         for (i, p) in self.paths.iter().enumerate() {

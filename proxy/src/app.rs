@@ -86,8 +86,11 @@ pub fn run(plan: Plan) {
         // thread, with fewer cross-thread wake-ups (measured ~8% less CPU
         // per request in bench/proxy.sh; bare-pingora uses the same).
         work_stealing: false,
-        // pingora counts attempts, we count retries.
-        max_retries: cfg.retries + 1,
+        // pingora's bound on attempts per request; ours are tighter and
+        // live (`retries` for connect failures, the retry budget and the
+        // hold's deadline for refusals: `request/`), so this one only
+        // stops a loop that would have no end.
+        max_retries: crate::request::MAX_ATTEMPTS,
         upstream_keepalive_pool_size: cfg.limits.keepalive_pool,
         grace_period_seconds: Some(grace.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(1),

@@ -16,8 +16,8 @@
 //! Listening sockets and client connections belong to pingora, not to the
 //! snapshot, so keep-alive connections stay open across reloads. Settings
 //! that pingora fixes at start (`listen`, `admin.listen`, `threads`,
-//! `local_workers`, `limits.keepalive_pool`, `timeouts.shutdown_grace_ms`,
-//! `retries` above the value at start) and the caches, built once at start
+//! `local_workers`, `limits.keepalive_pool`, `timeouts.shutdown_grace_ms`)
+//! and the caches, built once at start
 //! (`[code_store]`, `[result_cache]`), cannot change without a restart:
 //! a reload keeps the running values and says so in the log and the outcome.
 //!
@@ -193,13 +193,6 @@ fn pin_restart_only(r: &Reloader, new: &mut ProxyConfig) -> Vec<String> {
             });
         }
         (s.pin)(new, run);
-    }
-    if new.retries > run.retries {
-        out.push(format!(
-            "retries: {} -> {} above the value at start needs a restart (capped at {})",
-            old.retries, new.retries, run.retries
-        ));
-        new.retries = run.retries;
     }
     out
 }

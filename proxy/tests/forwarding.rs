@@ -242,7 +242,7 @@ fn connect_failure_retries_on_the_next_worker() {
 
 #[test]
 fn all_workers_down_gives_503_with_a_reason() {
-    let (w, _wp, ports, _p) = setup(FAST_HEALTH);
+    let (w, _wp, ports, _p) = setup(&format!("{FAST_HEALTH}[admission]\nhold_ms = 200\n"));
     drop(w);
     wait_healthy(ports.admin, "", 0);
     let r = http(ports.listen, "POST", "/run/hello", &[], b"{}");
@@ -250,6 +250,8 @@ fn all_workers_down_gives_503_with_a_reason() {
     assert_eq!(r.text().lines().count(), 1);
     assert!(r.text().contains("no healthy worker"), "{}", r.text());
     assert!(r.header("x-ol-policy").is_some());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("x-ol-error"), Some("proxy"));
 }
 
 #[test]

@@ -51,7 +51,12 @@ pub mod names {
     pub const RETRIES: Family = f(
         "retries_total",
         "counter",
-        "Attempts retried on another worker after a connect failure.",
+        "Attempts retried after a connect failure or a worker's refusal.",
+    );
+    pub const REFUSED: Family = f(
+        "refused_total",
+        "counter",
+        "Calls a worker refused before running them (x-ol-refused) that the proxy tried again.",
     );
     pub const LATENCY: Family = f(
         "latency_seconds",
@@ -163,6 +168,37 @@ pub mod names {
         "ol_proxy_worker_starts_total",
         "counter",
         "Starts reported by workers in x-ol-timing.",
+    );
+
+    pub const HOLD_WAITING: Family = f(
+        "ol_proxy_hold_waiting",
+        "gauge",
+        "Calls waiting in the hold for a worker that can take them, by function.",
+    );
+    pub const HOLD_HELD: Family = f(
+        "ol_proxy_hold_held_total",
+        "counter",
+        "Calls that waited in the hold, by function.",
+    );
+    pub const HOLD_WAIT: Family = f(
+        "ol_proxy_hold_wait_seconds_total",
+        "counter",
+        "Time calls spent in the hold, by function.",
+    );
+    pub const HOLD_REFUSED: Family = f(
+        "ol_proxy_hold_refused_total",
+        "counter",
+        "Held calls answered 503, by function and reason (full: admission.hold_queue; timeout: admission.hold_ms).",
+    );
+    pub const RETRY_BUDGET: Family = f(
+        "ol_proxy_retry_budget_total",
+        "counter",
+        "Refused calls retried on the next pick at once (spent) or sent to the hold because the budget was used up (exhausted).",
+    );
+    pub const ERRORS_BY_LEVEL: Family = f(
+        "ol_proxy_error_responses_total",
+        "counter",
+        "Error responses (status 400 or more) by who wrote them (x-ol-error).",
     );
 
     pub const CONNECTIONS_OPEN: Family = f(
@@ -286,6 +322,7 @@ pub fn render(snap: &Snapshot, caches: Option<&Caches>) -> String {
     if let Some(c) = caches {
         cache_families(&mut out, c, &snap.workers);
     }
+    admission_families(&mut out);
     single(
         &mut out,
         &CONNECTIONS_OPEN,
@@ -305,6 +342,66 @@ pub fn render(snap: &Snapshot, caches: Option<&Caches>) -> String {
 }
 
 const _: () = assert!(REPORTED.len() == names::WORKER_REPORTED.len());
+
+/// The hold, the retry budget and error responses by level.
+fn admission_families(out: &mut String) {
+    use crate::state::admission::{BUDGET, HOLD};
+    let held = HOLD.stats();
+    let rows = |pick: fn(&crate::state::admission::HoldStats) -> u64| {
+        held.iter()
+            .map(move |(name, s)| (name.as_str(), pick(s)))
+            .collect::<Vec<_>>()
+    };
+    labelled(
+        out,
+        &HOLD_WAITING,
+        "function",
+        rows(|s| s.waiting.load(Relaxed)),
+    );
+    labelled(out, &HOLD_HELD, "function", rows(|s| s.held.load(Relaxed)));
+    head(out, &HOLD_WAIT);
+    for (name, s) in &held {
+        let secs = s.wait_us.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "{}{{function=\"{}\"}} {secs}",
+            HOLD_WAIT.name,
+            escape(name)
+        );
+    }
+    head(out, &HOLD_REFUSED);
+    for (name, s) in &held {
+        for (reason, v) in [("full", &s.refused_full), ("timeout", &s.refused_timeout)] {
+            let _ = writeln!(
+                out,
+                "{}{{function=\"{}\",reason=\"{reason}\"}} {}",
+                HOLD_REFUSED.name,
+                escape(name),
+                v.load(Relaxed)
+            );
+        }
+    }
+    labelled(
+        out,
+        &RETRY_BUDGET,
+        "result",
+        [
+            ("spent", BUDGET.spent.load(Relaxed)),
+            ("exhausted", BUDGET.exhausted.load(Relaxed)),
+        ],
+    );
+    let by = &crate::state::metrics::ERRORS_BY_LEVEL;
+    labelled(
+        out,
+        &ERRORS_BY_LEVEL,
+        "level",
+        [
+            ("proxy", by[0].load(Relaxed)),
+            ("worker", by[1].load(Relaxed)),
+            ("function", by[2].load(Relaxed)),
+        ],
+    );
+}
 
 fn load<'a>(rows: &'a [(&'a str, &'a AtomicU64)]) -> impl Iterator<Item = (&'a str, u64)> + 'a {
     rows.iter().map(|(k, v)| (*k, v.load(Relaxed)))
@@ -429,6 +526,7 @@ fn requests<'a>(
             (|s: &Stats| s.errors.load(Relaxed)) as fn(&Stats) -> u64,
         ),
         (&RETRIES, |s: &Stats| s.retries.load(Relaxed)),
+        (&REFUSED, |s: &Stats| s.refused.load(Relaxed)),
     ] {
         let n = name(f);
         head(out, f);

@@ -159,7 +159,7 @@ impl Caches {
                         worker: None,
                         policy,
                     };
-                    answer::text(session, by, 413, &msg, false).await?;
+                    answer::text(session, by, 413, &msg, false, None).await?;
                     return Ok(Before::Answered);
                 }
             },

@@ -9,7 +9,7 @@
 //! status, the reason, the `x-ol-*` values), never the request context.
 
 use bytes::Bytes;
-use config::wire::{X_OL_CACHE, X_OL_POLICY, X_OL_WORKER};
+use config::wire::{LEVEL_PROXY, X_OL_CACHE, X_OL_ERROR, X_OL_POLICY, X_OL_WORKER};
 use http::{HeaderName, HeaderValue, Response};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -38,19 +38,26 @@ pub fn cache_miss(resp: &mut ResponseHeader) -> Result<()> {
     Ok(())
 }
 
-/// A one-line text answer on the public port. Without `keepalive` the
-/// connection closes after it (the request body may be unread).
+/// A one-line text answer on the public port, with `x-ol-error: proxy`
+/// (it is always an error) and `Retry-After` when given (seconds). Without
+/// `keepalive` the connection closes after it (the request body may be
+/// unread).
 pub async fn text(
     session: &mut Session,
     by: Served<'_>,
     status: u16,
     reason: &str,
     keepalive: bool,
+    retry_after: Option<u32>,
 ) -> Result<()> {
     let body = Bytes::from(format!("{}\n", config::one_line(reason)));
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let mut resp = ResponseHeader::build(status, Some(6))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
     resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header(X_OL_ERROR, LEVEL_PROXY)?;
+    if let Some(s) = retry_after {
+        resp.insert_header(http::header::RETRY_AFTER, s.to_string())?;
+    }
     stamp(&mut resp, by)?;
     if !keepalive {
         session.set_keepalive(None);
@@ -74,6 +81,7 @@ pub async fn grpc(session: &mut Session, by: Served<'_>, code: u8, reason: &str)
     resp.insert_header("content-type", "application/grpc")?;
     resp.insert_header("grpc-status", code.to_string())?;
     resp.insert_header("grpc-message", msg)?;
+    resp.insert_header(X_OL_ERROR, LEVEL_PROXY)?;
     stamp(&mut resp, by)?;
     session.write_response_header(Box::new(resp), true).await?;
     Ok(())
@@ -117,7 +125,7 @@ pub async fn cache_hit(
 pub fn over_connection_cap(cap: usize) -> String {
     let body = format!("too many connections: limits.max_connections is {cap}\n");
     format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n{X_OL_WORKER}: none\r\n{X_OL_POLICY}: none\r\n\r\n{body}",
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n{X_OL_ERROR}: {LEVEL_PROXY}\r\n{X_OL_WORKER}: none\r\n{X_OL_POLICY}: none\r\n\r\n{body}",
         body.len()
     )
 }
@@ -146,6 +154,9 @@ pub fn reply(on: Listener, status: u16, ctype: &str, body: Vec<u8>) -> Response<
         Listener::Page => r.header("cache-control", "no-store"),
         Listener::CodeStore => r.header(X_OL_WORKER, "none").header(X_OL_POLICY, "none"),
     };
+    if on == Listener::CodeStore && status >= 400 {
+        r = r.header(X_OL_ERROR, LEVEL_PROXY);
+    }
     r.body(body).expect("static parts")
 }
 

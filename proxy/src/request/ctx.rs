@@ -13,6 +13,7 @@ use policies::Picks;
 
 use crate::caches::CallState;
 use crate::http::answer::Served;
+use crate::state::admission::HOLD;
 use crate::state::routing::PolicyId;
 use crate::state::{Snapshot, IN_FLIGHT};
 
@@ -56,7 +57,29 @@ pub struct Ctx {
     pub(super) arm: Option<(usize, usize)>,
     /// The worker's `x-ol-timing`, when it sent one.
     pub(super) timing: Option<Timing>,
+    /// The function called (`policies::Request::function_hash`, and its
+    /// name), for the hold.
+    pub(super) function_key: u64,
+    pub(super) function: String,
+    /// Refusals by workers so far (`x-ol-refused`); `Some` while the last
+    /// attempt's refusal is being turned into a retry: where it goes next.
+    pub(super) refusals: u32,
+    pub(super) after_refusal: Option<AfterRefusal>,
+    /// When this call's time in the hold ends (set at its first wait).
+    pub(super) hold_until: Option<Instant>,
+    /// The answer to a call the proxy gave up on itself (status, reason,
+    /// `Retry-After`), read by `fail_to_proxy`.
+    pub(super) answer: Option<(u16, String, Option<u32>)>,
     _in_flight: InFlight,
+}
+
+/// Where a refused call goes next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum AfterRefusal {
+    /// The next pick, at once (the retry budget allowed it).
+    NextPick,
+    /// The hold, until a slot of its function is released.
+    Hold,
 }
 
 impl Ctx {
@@ -78,6 +101,12 @@ impl Ctx {
             caches: Default::default(),
             arm: None,
             timing: None,
+            function_key: 0,
+            function: String::new(),
+            refusals: 0,
+            after_refusal: None,
+            hold_until: None,
+            answer: None,
             _in_flight: InFlight::new(),
         }
     }
@@ -100,8 +129,19 @@ impl Ctx {
         snap.routing.table.start(i);
     }
 
-    /// Gives the in-flight slot back to the policies' state table.
+    /// Gives the in-flight slot back to the policies' state table; a call
+    /// of the same function waiting in the hold may go.
     pub(super) fn release(&mut self) {
+        if let (Some(s), Some(i)) = (&self.snap, self.attached.take()) {
+            s.routing.table.finish(i);
+            HOLD.released(self.function_key);
+        }
+    }
+
+    /// Gives back the slot of an attempt the worker refused: nothing
+    /// finished there, so no waiter is woken (a refusal waking a waiter
+    /// that is refused in turn would go round without end).
+    pub(super) fn release_refused(&mut self) {
         if let (Some(s), Some(i)) = (&self.snap, self.attached.take()) {
             s.routing.table.finish(i);
         }

@@ -6,6 +6,9 @@
 //! Each step either goes on or stops the request with the answer it gets
 //! ([`Stop`]); only [`run`] turns a stop into a written response.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use config::policy::KeySource;
 use pingora::http::RequestHeader;
@@ -19,6 +22,7 @@ use crate::caches::Before;
 use crate::http::answer;
 use crate::http::body::{self, BodyRead};
 use crate::inspect::{self, protowire, Target};
+use crate::state::admission::{Refused, BUDGET, HOLD, MAX_HELD_FUNCTIONS};
 use crate::state::routing::PolicyId;
 use crate::state::warm::now_ms;
 use crate::state::workers::WarmView;
@@ -54,11 +58,13 @@ impl Call {
 
 /// Why the request goes no further.
 pub(super) enum Stop {
-    /// A one-line text answer; `keepalive: false` when the body may be unread.
+    /// A one-line text answer; `keepalive: false` when the body may be
+    /// unread; `Retry-After` seconds for a call that may succeed later.
     Text {
         status: u16,
         reason: String,
         keepalive: bool,
+        retry_after: Option<u32>,
     },
     /// A gRPC status for a gRPC client.
     Grpc {
@@ -81,6 +87,17 @@ fn refuse(status: u16, reason: String, keepalive: bool) -> Stop {
         status,
         reason,
         keepalive,
+        retry_after: None,
+    }
+}
+
+/// A 503 for a call no worker could take in time: try again in a second.
+fn busy(reason: String) -> Stop {
+    Stop::Text {
+        status: 503,
+        reason,
+        keepalive: true,
+        retry_after: Some(1),
     }
 }
 
@@ -96,7 +113,8 @@ pub(super) async fn run(state: &State, session: &mut Session, ctx: &mut Ctx) -> 
             status,
             reason,
             keepalive,
-        } => answer::text(session, by, status, &reason, keepalive).await?,
+            retry_after,
+        } => answer::text(session, by, status, &reason, keepalive, retry_after).await?,
         Stop::Grpc { code, reason } => answer::grpc(session, by, code, &reason).await?,
         Stop::Answered => {}
         Stop::Failed(e) => return Err(e),
@@ -113,6 +131,7 @@ async fn decide(state: &State, session: &mut Session, ctx: &mut Ctx) -> Result<(
     choose_policy(ctx, &snap, &call, session.req_header());
     let key = routing_key(session, ctx, &snap, &call, &mut body).await?;
     consult_caches(session, ctx, &snap, &call, body).await?;
+    wait_for_a_healthy_worker(state, ctx, &snap, &call, session.req_header()).await?;
     pick_workers(session.req_header(), ctx, &snap, &call, key.as_deref())
 }
 
@@ -283,6 +302,59 @@ async fn consult_caches(
     }
 }
 
+/// The hold before the decision (`state::admission`): while no worker is
+/// healthy (the proxy just started, the workers are not up yet), the call
+/// waits up to `admission.hold_ms` for one, woken by the health checks.
+/// Also notes the function for the hold and the retry path.
+async fn wait_for_a_healthy_worker(
+    state: &State,
+    ctx: &mut Ctx,
+    snap: &Arc<Snapshot>,
+    call: &Call,
+    req: &RequestHeader,
+) -> Result<(), Stop> {
+    let name = call.function(req.uri.path());
+    ctx.function_key = Request::new(name).function_hash();
+    ctx.function = name.to_string();
+    let table = &snap.routing.table;
+    if table.healthy_count() > 0 {
+        return Ok(());
+    }
+    let a = &snap.config.admission;
+    let n = snap.workers.len();
+    let none = format!(
+        "no healthy worker: {n} worker{} known, none passing health checks",
+        if n == 1 { "" } else { "s" }
+    );
+    if a.hold_ms == 0 {
+        return Err(busy(none));
+    }
+    let until = Instant::now() + Duration::from_millis(a.hold_ms);
+    ctx.hold_until = Some(until);
+    let replaced = || !Arc::ptr_eq(&state.snap.load(), snap);
+    let ready = || table.healthy_count() > 0 || replaced();
+    let waited = HOLD
+        .wait(ctx.function_key, name, a.hold_queue, until, ready)
+        .await;
+    match waited {
+        Ok(_) if table.healthy_count() > 0 => Ok(()),
+        Ok(_) => Err(busy(format!(
+            "{none}; the worker set changed while the call waited, retry"
+        ))),
+        Err(Refused::Full) => Err(busy(format!(
+            "{none}, and {} calls of {name} are already waiting (admission.hold_queue)",
+            a.hold_queue
+        ))),
+        Err(Refused::TimedOut) => Err(busy(format!(
+            "{none} within admission.hold_ms ({} ms)",
+            a.hold_ms
+        ))),
+        Err(Refused::TooManyFunctions) => Err(busy(format!(
+            "{none}, and calls of {MAX_HELD_FUNCTIONS} other functions are already held"
+        ))),
+    }
+}
+
 /// The decision: the policy sees the request's facts and the live state
 /// table, and orders the healthy workers to try.
 fn pick_workers(
@@ -292,14 +364,6 @@ fn pick_workers(
     call: &Call,
     body_key: Option<&[u8]>,
 ) -> Result<(), Stop> {
-    if snap.routing.table.healthy_count() == 0 {
-        let n = snap.workers.len();
-        let reason = format!(
-            "no healthy worker: {n} worker{} known, none passing health checks",
-            if n == 1 { "" } else { "s" }
-        );
-        return Err(refuse(503, reason, true));
-    }
     let needs = &snap.routing.policies[ctx.policy].needs;
     let key_of = |src: &Option<KeySource>| -> Option<&str> {
         let b = match src {
@@ -322,6 +386,7 @@ fn pick_workers(
     };
     let function_hash = facts.function_hash();
     ctx.picks = snap.routing.pick_warm(ctx.policy, &facts, &warm);
+    BUDGET.call();
     if !matches!(call, Call::Path { .. }) {
         // The import index learns from the response (caches::on_response).
         ctx.caches.function_hash = function_hash;

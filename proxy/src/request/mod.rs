@@ -27,12 +27,13 @@
 //! Status, headers, body and trailers from workers pass through unchanged:
 //! pingora strips hop-by-hop headers and re-frames the body per protocol.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use config::wire::{Timing, X_OL_TIMING};
+use config::wire::{Timing, X_OL_REFUSED, X_OL_TIMING};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -44,8 +45,14 @@ mod fail;
 
 pub use ctx::Ctx;
 
+/// pingora's bound on attempts per request (`ServerConf::max_retries`):
+/// ours are tighter (`retries`, the retry budget, the hold's deadline).
+pub const MAX_ATTEMPTS: usize = 256;
+
 use crate::http::answer;
+use crate::state::admission::{Refused, BUDGET, HOLD};
 use crate::state::State;
+use ctx::AfterRefusal;
 
 /// The proxy application; `state` holds the swappable snapshot.
 pub struct OlProxy {
@@ -83,6 +90,12 @@ impl ProxyHttp for OlProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if ctx.attempt >= ctx.picks.len() && ctx.refusals > 0 {
+            // Every pick refused the call (or the budget stopped retrying at
+            // once): it waits for a slot of its function, then starts over.
+            hold_for_a_slot(ctx).await?;
+            ctx.attempt = 0;
+        }
         let snap = ctx.snap.as_ref().expect("request_filter sets the snapshot");
         let Some(i) = ctx.picks.get(ctx.attempt) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy worker left to try");
@@ -140,6 +153,80 @@ impl ProxyHttp for OlProxy {
             e.set_retry(true);
         } else {
             e.set_retry(false);
+        }
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // A refusal before any function code ran: try elsewhere, or wait,
+        // if the request can be sent again (its body is all in pingora's
+        // retry buffer); otherwise the worker's answer goes to the client.
+        if !resp.headers.contains_key(X_OL_REFUSED) || session.as_ref().retry_buffer_truncated() {
+            return Ok(());
+        }
+        let Some(snap) = ctx.snap.clone() else {
+            return Ok(());
+        };
+        let a = &snap.config.admission;
+        let next = if ctx.attempt + 1 < ctx.picks.len()
+            && BUDGET.try_retry(a.retry_ratio, a.min_retries_per_s)
+        {
+            AfterRefusal::NextPick
+        } else if a.hold_ms > 0 {
+            AfterRefusal::Hold
+        } else {
+            return Ok(());
+        };
+        ctx.refusals += 1;
+        ctx.after_refusal = Some(next);
+        let counted = [
+            ctx.worker
+                .and_then(|i| snap.workers.get(i))
+                .map(|w| &w.stats),
+            snap.routes.stats.get(ctx.route),
+            snap.policy_stats.get(ctx.policy),
+        ];
+        for s in counted.into_iter().flatten() {
+            s.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        Error::e_explain(
+            ErrorType::Custom("refused"),
+            "the worker refused the call before running it",
+        )
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if let Some(next) = ctx.after_refusal.take() {
+            // Nothing ran: any method may go again.
+            ctx.release_refused();
+            ctx.retries += 1;
+            ctx.attempt = match next {
+                AfterRefusal::NextPick => ctx.attempt + 1,
+                AfterRefusal::Hold => ctx.picks.len(),
+            };
+            e.set_retry(true);
+            return e;
+        }
+        // pingora's default: only idempotent requests, only with the whole
+        // body in the retry buffer, as its reuse rule decides.
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }
@@ -220,14 +307,21 @@ impl ProxyHttp for OlProxy {
             _ => "worker".to_string(),
         };
         let t = ctx.snap.as_ref().map(|s| &s.config.timeouts);
-        let (code, reason) = fail::status_and_reason(e, &worker, t);
+        let (code, reason, retry_after) = match ctx.answer.take() {
+            Some(a) => a,
+            None => {
+                let (code, reason) = fail::status_and_reason(e, &worker, t);
+                (code, reason, None)
+            }
+        };
         if session.response_written().is_some() {
             // The head (and maybe part of the body) is out: the only honest
             // signal left is to cut the connection, so that the client sees
             // a truncated body instead of a complete-looking one.
             session.set_keepalive(None);
         } else if code > 0 {
-            if let Err(we) = answer::text(session, ctx.served(), code, &reason, false).await {
+            let by = ctx.served();
+            if let Err(we) = answer::text(session, by, code, &reason, false, retry_after).await {
                 tracing::debug!("cannot send error response: {we}");
             }
         }
@@ -243,7 +337,12 @@ impl ProxyHttp for OlProxy {
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let written = session.response_written();
+        let status = written.map_or(0, |r| r.status.as_u16());
+        if status >= 400 {
+            let level = written.and_then(|r| r.headers.get(config::wire::X_OL_ERROR));
+            crate::state::metrics::count_error_level(level.map(|v| v.as_bytes()));
+        }
         let latency = ctx.started.elapsed().as_micros() as u64;
         let error = e.is_some();
         if let Some(s) = snap.routes.stats.get(ctx.route) {
@@ -271,4 +370,48 @@ impl ProxyHttp for OlProxy {
             }
         }
     }
+}
+
+/// The hold after refusals: the call waits (up to what is left of
+/// `admission.hold_ms`, and of `timeouts.total_ms`) until a call of its
+/// function ends at this proxy or a worker's health changes. `Err`: 503
+/// with `Retry-After`, its reason in `ctx.answer`.
+async fn hold_for_a_slot(ctx: &mut Ctx) -> Result<()> {
+    let Some(snap) = ctx.snap.clone() else {
+        return Error::e_explain(ErrorType::HTTPStatus(503), "no snapshot");
+    };
+    let a = &snap.config.admission;
+    let now = Instant::now();
+    let mut until = *ctx
+        .hold_until
+        .get_or_insert(now + Duration::from_millis(a.hold_ms));
+    if let Some(d) = ctx.deadline {
+        until = until.min(d);
+    }
+    let name = ctx.function.clone();
+    let mut woken = false;
+    let waited = HOLD
+        .wait(ctx.function_key, &name, a.hold_queue, until, || {
+            std::mem::replace(&mut woken, true)
+        })
+        .await;
+    let n = ctx.picks.len();
+    let why = match waited {
+        Ok(_) => return Ok(()),
+        Err(Refused::Full) => format!(
+            "every worker refused {name} (at its limits) and {} of its calls are already waiting (admission.hold_queue)",
+            a.hold_queue
+        ),
+        Err(Refused::TimedOut) => format!(
+            "no worker could take {name} in time: {n} worker{} refused it (at their limits) through admission.hold_ms ({} ms)",
+            if n == 1 { "" } else { "s" },
+            a.hold_ms
+        ),
+        Err(Refused::TooManyFunctions) => format!(
+            "every worker refused {name} (at its limits), and calls of {} other functions are already held",
+            crate::state::admission::MAX_HELD_FUNCTIONS
+        ),
+    };
+    ctx.answer = Some((503, why.clone(), Some(1)));
+    Error::e_explain(ErrorType::HTTPStatus(503), why)
 }

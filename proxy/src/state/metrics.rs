@@ -23,8 +23,11 @@ pub struct Stats {
     /// Requests that failed in the proxy (connect, timeout, upstream
     /// closed, no worker): they answer 5xx from the proxy itself.
     pub errors: AtomicU64,
-    /// Extra attempts after a connect failure.
+    /// Extra attempts (after a connect failure or a worker's refusal).
     pub retries: AtomicU64,
+    /// Calls a worker refused before running them (`x-ol-refused`) that
+    /// the proxy then tried again (elsewhere, or after the hold).
+    pub refused: AtomicU64,
     pub buckets: [AtomicU64; BUCKETS_US.len()],
     pub latency_sum_us: AtomicU64,
 }
@@ -50,4 +53,20 @@ impl Stats {
         }
         self.latency_sum_us.fetch_add(latency_us, Ordering::Relaxed);
     }
+}
+
+/// Error responses by who wrote them (`x-ol-error`: proxy, worker,
+/// function), in that order; an error status without the header counts as
+/// the worker's (an upstream that is not an ol-edge worker).
+pub static ERRORS_BY_LEVEL: [AtomicU64; 3] =
+    [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Counts an error response by its `x-ol-error` value.
+pub fn count_error_level(level: Option<&[u8]>) {
+    let i = match level {
+        Some(b"proxy") => 0,
+        Some(b"function") => 2,
+        _ => 1,
+    };
+    ERRORS_BY_LEVEL[i].fetch_add(1, Ordering::Relaxed);
 }

@@ -13,9 +13,12 @@
 //! This folder holds state only, no sockets: the snapshot and what it is
 //! built from ([`routing`], the one adapter to the policies crate;
 //! [`workers`]; [`experiments`]) and the atomics the request path feeds
-//! ([`metrics`], [`warm`]). Everything here is read without locks on the
-//! request path.
+//! ([`metrics`], [`warm`]), and the hold and retry budget of calls no
+//! worker can take yet ([`admission`], which outlives snapshots).
+//! Everything here is read without locks on the request path (the hold
+//! locks only when a call waits or a waited-for slot is released).
 
+pub mod admission;
 pub mod experiments;
 pub mod metrics;
 pub mod routing;

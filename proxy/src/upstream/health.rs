@@ -74,6 +74,8 @@ impl Background {
         for (i, w) in cur.workers.iter().enumerate() {
             cur.routing.table.set_healthy(i, w.healthy());
         }
+        // Calls held for a worker look again (a no-op when none waits).
+        crate::state::admission::HOLD.health_changed();
     }
 
     /// Reads each worker's `GET /stats` into its `reported` gauges.
