@@ -65,6 +65,13 @@ pub struct Ctx {
     /// attempt's refusal is being turned into a retry: where it goes next.
     pub(super) refusals: u32,
     pub(super) after_refusal: Option<AfterRefusal>,
+    /// After a wake in the hold: the picks are tried in turn again, at
+    /// once and outside the retry budget (the wake is the pacing).
+    pub(super) sweep: bool,
+    /// Connect failures retried (bounded by `retries`; refusals are not).
+    pub(super) connect_retries: usize,
+    /// Attempts so far (pingora stops at `MAX_ATTEMPTS`).
+    pub(super) attempts: usize,
     /// When this call's time in the hold ends (set at its first wait).
     pub(super) hold_until: Option<Instant>,
     /// The answer to a call the proxy gave up on itself (status, reason,
@@ -105,6 +112,9 @@ impl Ctx {
             function: String::new(),
             refusals: 0,
             after_refusal: None,
+            sweep: false,
+            connect_retries: 0,
+            attempts: 0,
             hold_until: None,
             answer: None,
             _in_flight: InFlight::new(),

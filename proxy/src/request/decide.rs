@@ -22,7 +22,7 @@ use crate::caches::Before;
 use crate::http::answer;
 use crate::http::body::{self, BodyRead};
 use crate::inspect::{self, protowire, Target};
-use crate::state::admission::{Refused, BUDGET, HOLD, MAX_HELD_FUNCTIONS};
+use crate::state::admission::{Refused, Wake, BUDGET, HOLD, MAX_HELD_FUNCTIONS};
 use crate::state::routing::PolicyId;
 use crate::state::warm::now_ms;
 use crate::state::workers::WarmView;
@@ -334,7 +334,14 @@ async fn wait_for_a_healthy_worker(
     let replaced = || !Arc::ptr_eq(&state.snap.load(), snap);
     let ready = || table.healthy_count() > 0 || replaced();
     let waited = HOLD
-        .wait(ctx.function_key, name, a.hold_queue, until, ready)
+        .wait(
+            ctx.function_key,
+            name,
+            a.hold_queue,
+            until,
+            Wake::Health,
+            ready,
+        )
         .await;
     match waited {
         Ok(_) if table.healthy_count() > 0 => Ok(()),

@@ -49,8 +49,11 @@ pub use ctx::Ctx;
 /// ours are tighter (`retries`, the retry budget, the hold's deadline).
 pub const MAX_ATTEMPTS: usize = 256;
 
+/// The error type of a worker's refusal being retried.
+const REFUSED: &str = "refused";
+
 use crate::http::answer;
-use crate::state::admission::{Refused, BUDGET, HOLD};
+use crate::state::admission::{Refused, Wake, BUDGET, HOLD};
 use crate::state::State;
 use ctx::AfterRefusal;
 
@@ -95,7 +98,9 @@ impl ProxyHttp for OlProxy {
             // once): it waits for a slot of its function, then starts over.
             hold_for_a_slot(ctx).await?;
             ctx.attempt = 0;
+            ctx.sweep = true;
         }
+        ctx.attempts += 1;
         let snap = ctx.snap.as_ref().expect("request_filter sets the snapshot");
         let Some(i) = ctx.picks.get(ctx.attempt) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy worker left to try");
@@ -147,9 +152,10 @@ impl ProxyHttp for OlProxy {
             }
         }
         let max = ctx.snap.as_ref().map_or(0, |s| s.config.retries);
-        if ctx.attempt + 1 < ctx.picks.len() && (ctx.retries as usize) < max {
+        if ctx.attempt + 1 < ctx.picks.len() && ctx.connect_retries < max {
             ctx.attempt += 1;
             ctx.retries += 1;
+            ctx.connect_retries += 1;
             e.set_retry(true);
         } else {
             e.set_retry(false);
@@ -166,16 +172,18 @@ impl ProxyHttp for OlProxy {
         // A refusal before any function code ran: try elsewhere, or wait,
         // if the request can be sent again (its body is all in pingora's
         // retry buffer); otherwise the worker's answer goes to the client.
-        if !resp.headers.contains_key(X_OL_REFUSED) || session.as_ref().retry_buffer_truncated() {
+        if !resp.headers.contains_key(X_OL_REFUSED)
+            || session.as_ref().retry_buffer_truncated()
+            || ctx.attempts + 1 >= MAX_ATTEMPTS
+        {
             return Ok(());
         }
         let Some(snap) = ctx.snap.clone() else {
             return Ok(());
         };
         let a = &snap.config.admission;
-        let next = if ctx.attempt + 1 < ctx.picks.len()
-            && BUDGET.try_retry(a.retry_ratio, a.min_retries_per_s)
-        {
+        let more = ctx.attempt + 1 < ctx.picks.len();
+        let next = if more && (ctx.sweep || BUDGET.try_retry(a.retry_ratio, a.min_retries_per_s)) {
             AfterRefusal::NextPick
         } else if a.hold_ms > 0 {
             AfterRefusal::Hold
@@ -195,9 +203,21 @@ impl ProxyHttp for OlProxy {
             s.refused.fetch_add(1, Ordering::Relaxed);
         }
         Error::e_explain(
-            ErrorType::Custom("refused"),
+            ErrorType::Custom(REFUSED),
             "the worker refused the call before running it",
         )
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+        e: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // A refusal being retried is routine (a function at its limits),
+        // counted in `..._refused_total`; a line per refusal would flood.
+        *e.etype() == ErrorType::Custom(REFUSED)
     }
 
     fn error_while_proxy(
@@ -391,9 +411,14 @@ async fn hold_for_a_slot(ctx: &mut Ctx) -> Result<()> {
     let name = ctx.function.clone();
     let mut woken = false;
     let waited = HOLD
-        .wait(ctx.function_key, &name, a.hold_queue, until, || {
-            std::mem::replace(&mut woken, true)
-        })
+        .wait(
+            ctx.function_key,
+            &name,
+            a.hold_queue,
+            until,
+            Wake::HealthOrRelease,
+            || std::mem::replace(&mut woken, true),
+        )
         .await;
     let n = ctx.picks.len();
     let why = match waited {
@@ -413,5 +438,8 @@ async fn hold_for_a_slot(ctx: &mut Ctx) -> Result<()> {
         ),
     };
     ctx.answer = Some((503, why.clone(), Some(1)));
+    // The proxy answers this itself: no worker is named.
+    ctx.worker = None;
+    ctx.worker_header = None;
     Error::e_explain(ErrorType::HTTPStatus(503), why)
 }

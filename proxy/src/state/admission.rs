@@ -52,23 +52,31 @@ pub struct HoldStats {
     pub refused_timeout: AtomicU64,
 }
 
+/// A function with calls waiting now (removed when none waits, so names
+/// made up by clients do not stay).
 struct Function {
-    name: String,
     notify: Arc<Notify>,
     stats: Arc<HoldStats>,
 }
 
-/// Functions the hold keeps counters for. Names come from clients (any
-/// `/run/<name>` is held while no worker is healthy), so the map is
-/// bounded: a name beyond it is not held (answered as a full hold).
+/// Functions with calls waiting at once. Names come from clients (any
+/// `/run/<name>` is held while no worker is healthy), so this is bounded:
+/// a call of one more function is not held (answered at once).
 pub const MAX_HELD_FUNCTIONS: usize = 4096;
+/// Functions with counters of their own on `/metrics`; the rest are
+/// counted under [`OTHER`].
+pub const MAX_COUNTED_FUNCTIONS: usize = 512;
+pub const OTHER: &str = "_other";
 
 pub struct Hold {
     max_functions: usize,
     /// Calls waiting now, all functions: the release path's fast check.
     waiting: AtomicUsize,
-    /// By function hash (`policies::Request::function_hash`).
+    /// By function hash (`policies::Request::function_hash`): functions
+    /// with calls waiting now.
     functions: Mutex<HashMap<u64, Function>>,
+    /// Counters by function name (bounded, [`MAX_COUNTED_FUNCTIONS`]).
+    counted: Mutex<HashMap<String, Arc<HoldStats>>>,
     /// Woken on any health change.
     health: Notify,
 }
@@ -83,14 +91,35 @@ impl Default for Hold {
 /// included) gives the place back.
 struct Place<'a> {
     hold: &'a Hold,
+    function: u64,
     stats: Arc<HoldStats>,
 }
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
+        let mut map = self
+            .hold
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         self.stats.waiting.fetch_sub(1, Relaxed);
         self.hold.waiting.fetch_sub(1, Relaxed);
+        if map
+            .get(&self.function)
+            .is_some_and(|f| f.stats.waiting.load(Relaxed) == 0)
+        {
+            map.remove(&self.function);
+        }
     }
+}
+
+/// What wakes a waiting call besides its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A worker became healthy.
+    Health,
+    /// That, or a call of its function finished (one waiter per call).
+    HealthOrRelease,
 }
 
 impl Hold {
@@ -99,6 +128,7 @@ impl Hold {
             max_functions,
             waiting: AtomicUsize::new(0),
             functions: Mutex::default(),
+            counted: Mutex::default(),
             health: Notify::new(),
         }
     }
@@ -107,12 +137,14 @@ impl Hold {
     /// `until`. `function`, `name`: the call's function (its hash and
     /// name); `queue`: how many of its calls may wait at once. Returns the
     /// time waited.
+    #[allow(clippy::too_many_arguments)]
     pub async fn wait(
         &self,
         function: u64,
         name: &str,
         queue: usize,
         until: Instant,
+        wake: Wake,
         mut ready: impl FnMut() -> bool,
     ) -> Result<Duration, Refused> {
         let started = Instant::now();
@@ -122,9 +154,8 @@ impl Hold {
                 return Err(Refused::TooManyFunctions);
             }
             let f = map.entry(function).or_insert_with(|| Function {
-                name: name.to_string(),
                 notify: Arc::new(Notify::new()),
-                stats: Arc::default(),
+                stats: self.counters(name),
             });
             if f.stats.waiting.load(Relaxed) as usize >= queue {
                 f.stats.refused_full.fetch_add(1, Relaxed);
@@ -136,6 +167,7 @@ impl Hold {
         };
         let _place = Place {
             hold: self,
+            function,
             stats: stats.clone(),
         };
         stats.held.fetch_add(1, Relaxed);
@@ -147,24 +179,33 @@ impl Hold {
             }
             waited
         };
+        let deadline = tokio::time::Instant::from_std(until);
         loop {
             // Registered before the check, so a wake between the two is kept.
             let slot = notify.notified();
             let health = self.health.notified();
             tokio::pin!(slot, health);
-            slot.as_mut().enable();
+            if wake == Wake::HealthOrRelease {
+                slot.as_mut().enable();
+            }
             health.as_mut().enable();
             if ready() {
                 return Ok(end(true));
             }
-            let deadline = tokio::time::Instant::from_std(until);
-            tokio::select! {
-                _ = &mut slot => {}
-                _ = &mut health => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    end(false);
-                    return Err(Refused::TimedOut);
+            if Instant::now() >= until {
+                end(false);
+                return Err(Refused::TimedOut);
+            }
+            let on_release = async {
+                match wake {
+                    Wake::HealthOrRelease => slot.await,
+                    Wake::Health => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                _ = on_release => {}
+                _ = &mut health => {}
+                _ = tokio::time::sleep_until(deadline) => {}
             }
         }
     }
@@ -190,13 +231,24 @@ impl Hold {
         }
     }
 
+    /// The counters of `name` (or of [`OTHER`], past the bound).
+    fn counters(&self, name: &str) -> Arc<HoldStats> {
+        let mut c = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = c.get(name) {
+            return s.clone();
+        }
+        let key = if c.len() + 1 >= MAX_COUNTED_FUNCTIONS {
+            OTHER
+        } else {
+            name
+        };
+        c.entry(key.to_string()).or_default().clone()
+    }
+
     /// Each function that was ever held, with its counters.
     pub fn stats(&self) -> Vec<(String, Arc<HoldStats>)> {
-        let map = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = map
-            .values()
-            .map(|f| (f.name.clone(), f.stats.clone()))
-            .collect();
+        let map = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -259,13 +311,17 @@ mod tests {
         let go = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let waiter = {
             let (hold, go) = (hold.clone(), go.clone());
-            tokio::spawn(async move { hold.wait(7, "f", 1, until, || go.load(Relaxed)).await })
+            tokio::spawn(async move {
+                hold.wait(7, "f", 1, until, Wake::HealthOrRelease, || go.load(Relaxed))
+                    .await
+            })
         };
         while hold.waiting.load(Relaxed) == 0 {
             tokio::task::yield_now().await;
         }
         assert_eq!(
-            hold.wait(7, "f", 1, until, || false).await,
+            hold.wait(7, "f", 1, until, Wake::HealthOrRelease, || false)
+                .await,
             Err(Refused::Full)
         );
         go.store(true, Relaxed);
@@ -274,7 +330,8 @@ mod tests {
         assert_eq!(hold.waiting.load(Relaxed), 0);
         let soon = Instant::now() + Duration::from_millis(20);
         assert_eq!(
-            hold.wait(7, "f", 1, soon, || false).await,
+            hold.wait(7, "f", 1, soon, Wake::HealthOrRelease, || false)
+                .await,
             Err(Refused::TimedOut)
         );
         let (_, s) = &hold.stats()[0];
@@ -289,22 +346,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn names_beyond_the_bound_are_not_held() {
-        let hold = Hold::with_max_functions(1);
+    async fn names_beyond_the_bound_are_not_held_and_do_not_stay() {
+        let hold = Arc::new(Hold::with_max_functions(1));
+        let later = Instant::now() + Duration::from_millis(300);
+        let a = {
+            let hold = hold.clone();
+            tokio::spawn(async move { hold.wait(1, "a", 8, later, Wake::Health, || false).await })
+        };
+        while hold.waiting.load(Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
         let soon = Instant::now() + Duration::from_millis(10);
         assert_eq!(
-            hold.wait(1, "a", 8, soon, || false).await,
-            Err(Refused::TimedOut)
-        );
-        assert_eq!(
-            hold.wait(2, "b", 8, soon, || false).await,
+            hold.wait(2, "b", 8, soon, Wake::Health, || false).await,
             Err(Refused::TooManyFunctions)
         );
+        assert_eq!(a.await.unwrap(), Err(Refused::TimedOut));
+        // "a" no longer waits: its place is free for another name.
+        let soon = Instant::now() + Duration::from_millis(10);
         assert_eq!(
-            hold.wait(1, "a", 8, soon, || true).await.map(|_| ()),
-            Ok(())
+            hold.wait(2, "b", 8, soon, Wake::Health, || false).await,
+            Err(Refused::TimedOut)
         );
-        assert_eq!(hold.stats().len(), 1);
+        assert_eq!(hold.functions.lock().unwrap().len(), 0);
     }
 
     #[test]

@@ -55,18 +55,21 @@ impl Background {
             let (rise, fall) = (h.rise, h.fall);
             async move {
                 let ok = check.check(w.addr, timeout).await;
-                if let Some(now) = w.record_check(ok, rise, fall) {
+                let changed = w.record_check(ok, rise, fall);
+                if let Some(now) = changed {
                     tracing::info!(
                         "worker {} is now {}",
                         w.addr,
                         if now { "healthy" } else { "unhealthy" }
                     );
                 }
+                changed == Some(true)
             }
         });
         let handles: Vec<_> = checks.map(tokio::spawn).collect();
+        let mut rose = false;
         for h in handles {
-            let _ = h.await;
+            rose |= h.await.unwrap_or(false);
         }
         // Publish to the policies' table of the snapshot in force now (a
         // DNS swap may have replaced the one this round started with).
@@ -74,8 +77,10 @@ impl Background {
         for (i, w) in cur.workers.iter().enumerate() {
             cur.routing.table.set_healthy(i, w.healthy());
         }
-        // Calls held for a worker look again (a no-op when none waits).
-        crate::state::admission::HOLD.health_changed();
+        // A worker came up: calls held for one look again.
+        if rose {
+            crate::state::admission::HOLD.health_changed();
+        }
     }
 
     /// Reads each worker's `GET /stats` into its `reported` gauges.
