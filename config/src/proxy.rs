@@ -50,7 +50,7 @@
 //! (not flattened) so that unknown fields stay errors everywhere.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +79,8 @@ pub struct ProxyConfig {
     pub limits: ProxyLimits,
     /// Holding calls no worker can take yet, and retrying refusals.
     pub admission: AdmissionConfig,
+    /// Workers taken out of rotation for failing calls.
+    pub outliers: OutliersConfig,
     /// Function routes and policies (the policies crate's schema).
     pub routing: RoutingConfig,
     /// Paths outside `/run/` that are forwarded unchanged (first match
@@ -201,6 +203,14 @@ pub struct LocalWorkersConfig {
     pub sandbox: String,
     /// Parent of each worker's `--work-dir`; default: a temporary directory.
     pub work_dir: Option<PathBuf>,
+    /// Start-up fails unless a worker listens within this (a docker
+    /// sandbox may build its image first).
+    pub start_timeout_ms: u64,
+    /// A worker that exits is started again after this, doubling while
+    /// it keeps exiting within a minute of its start, up to
+    /// `restart_backoff_max_ms`.
+    pub restart_backoff_ms: u64,
+    pub restart_backoff_max_ms: u64,
 }
 
 /// Active health checks: `GET <path>` expecting 200 and a body starting
@@ -225,6 +235,11 @@ pub struct HealthConfig {
     /// How often each worker's `GET /stats` is read for `/metrics` (its
     /// zygotes and package store); 0: never.
     pub stats_interval_ms: u64,
+    /// A worker that comes back (health rises again, an ejection ends)
+    /// gets a share of its calls that grows from 10% to all over this
+    /// long, instead of its whole hashed key space at once. Workers
+    /// healthy at their first check start at full share. 0: off.
+    pub slow_start_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +313,35 @@ impl Default for AdmissionConfig {
     }
 }
 
+/// `[outliers]`: a worker whose calls keep failing the platform's way is
+/// ejected for a while (proxy/README.md, "Admission").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutliersConfig {
+    /// Platform failures in a row that eject a worker: its own 502, 503
+    /// or 504 (`x-ol-error: worker`) and failed connects; never a
+    /// function's error. 0: never eject.
+    pub consecutive_failures: u32,
+    /// The first ejection's length. The worker then gets calls again (as
+    /// probes); one more platform failure ejects it for twice as long, up
+    /// to `max_eject_ms`; a success ends the streak.
+    pub eject_ms: u64,
+    pub max_eject_ms: u64,
+    /// At most this share of the workers is ejected at once.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutliersConfig {
+    fn default() -> Self {
+        OutliersConfig {
+            consecutive_failures: 5,
+            eject_ms: 5000,
+            max_eject_ms: 300_000,
+            max_ejected_percent: 50,
+        }
+    }
+}
+
 /// A non-`/run/` path prefix forwarded unchanged with a policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -322,6 +366,7 @@ impl Default for ProxyConfig {
             retries: 2,
             limits: ProxyLimits::default(),
             admission: AdmissionConfig::default(),
+            outliers: OutliersConfig::default(),
             routing: RoutingConfig::default(),
             paths: Vec::new(),
             experiments: Vec::new(),
@@ -359,6 +404,9 @@ impl Default for LocalWorkersConfig {
             binary: "ol-worker".into(),
             sandbox: "process".into(),
             work_dir: None,
+            start_timeout_ms: 60_000,
+            restart_backoff_ms: 250,
+            restart_backoff_max_ms: 30_000,
         }
     }
 }
@@ -384,6 +432,7 @@ impl Default for HealthConfig {
             rise: 2,
             fall: 2,
             stats_interval_ms: 5000,
+            slow_start_ms: 0,
         }
     }
 }
@@ -415,6 +464,31 @@ impl Default for ProxyLimits {
 }
 
 impl ProxyConfig {
+    /// Makes the relative paths of the file absolute against `dir` (the
+    /// config file's directory), so that the proxy started from anywhere
+    /// finds the same code: `local_workers.registry`, `.work_dir`, a
+    /// `.binary` given as a path, and a directory `code_store.backing`.
+    /// URLs and bare binary names (looked up next to ol-proxy, then on
+    /// `PATH`) stay as they are.
+    pub fn resolve_relative_paths(&mut self, dir: &Path) {
+        let under = |p: &str| -> String {
+            if p.is_empty() || is_url(p) || Path::new(p).is_absolute() {
+                p.to_string()
+            } else {
+                dir.join(p).to_string_lossy().into_owned()
+            }
+        };
+        let l = &mut self.local_workers;
+        l.registry = under(&l.registry);
+        if l.binary.contains('/') {
+            l.binary = under(&l.binary);
+        }
+        if let Some(w) = l.work_dir.as_mut().filter(|w| w.is_relative()) {
+            *w = dir.join(&*w);
+        }
+        self.code_store.backing = under(&self.code_store.backing);
+    }
+
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.threads == 0 || self.threads > 256 {
             return Err(Invalid::new("threads", "must be 1 to 256"));
@@ -451,6 +525,19 @@ impl ProxyConfig {
         if self.local_workers.count > 0 {
             if self.local_workers.registry.is_empty() {
                 return Err(Invalid::new("local_workers.registry", "must not be empty"));
+            }
+            let l = &self.local_workers;
+            if l.start_timeout_ms == 0 {
+                return Err(Invalid::new(
+                    "local_workers.start_timeout_ms",
+                    "must be above 0",
+                ));
+            }
+            if l.restart_backoff_ms == 0 || l.restart_backoff_ms > l.restart_backoff_max_ms {
+                return Err(Invalid::new(
+                    "local_workers.restart_backoff_ms",
+                    "must be above 0 and at most local_workers.restart_backoff_max_ms",
+                ));
             }
             if self.local_workers.binary.is_empty() {
                 return Err(Invalid::new("local_workers.binary", "must not be empty"));
@@ -591,6 +678,25 @@ impl ProxyConfig {
                 "must be between 0 and 1",
             ));
         }
+        let o = &self.outliers;
+        if o.eject_ms == 0 || o.eject_ms > o.max_eject_ms {
+            return Err(Invalid::new(
+                "outliers.eject_ms",
+                "must be above 0 and at most outliers.max_eject_ms",
+            ));
+        }
+        if o.max_ejected_percent > 100 {
+            return Err(Invalid::new(
+                "outliers.max_ejected_percent",
+                "must be at most 100",
+            ));
+        }
+        if self.health.slow_start_ms > 3_600_000 {
+            return Err(Invalid::new(
+                "health.slow_start_ms",
+                "must be at most 3600000 (an hour)",
+            ));
+        }
         self.routing.validate_at("routing")?;
         for (i, p) in self.paths.iter().enumerate() {
             if !p.prefix.starts_with('/') {
@@ -617,11 +723,44 @@ impl ProxyConfig {
     }
 }
 
+/// The directory a config file's relative paths are taken from: the
+/// file's own, absolute (the current directory for a bare file name).
+pub fn config_dir(file: &Path) -> PathBuf {
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// An http(s) URL rather than a path.
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::parse_toml;
-    use std::path::Path;
+
+    #[test]
+    fn relative_paths_are_taken_from_the_config_files_directory() {
+        let mut c = ProxyConfig::default();
+        c.local_workers.registry = "examples/functions".into();
+        c.local_workers.binary = "ol-worker".into();
+        c.local_workers.work_dir = Some("work".into());
+        c.code_store.backing = "http://127.0.0.1:9/registry".into();
+        c.resolve_relative_paths(Path::new("/etc/ol"));
+        assert_eq!(c.local_workers.registry, "/etc/ol/examples/functions");
+        assert_eq!(c.local_workers.binary, "ol-worker", "a name is looked up");
+        assert_eq!(c.local_workers.work_dir, Some("/etc/ol/work".into()));
+        assert_eq!(c.code_store.backing, "http://127.0.0.1:9/registry");
+        c.local_workers.binary = "../bin/ol-worker".into();
+        c.local_workers.registry = "/srv/fns".into();
+        c.code_store.backing = "store".into();
+        c.resolve_relative_paths(Path::new("/etc/ol"));
+        assert_eq!(c.local_workers.binary, "/etc/ol/../bin/ol-worker");
+        assert_eq!(c.local_workers.registry, "/srv/fns");
+        assert_eq!(c.code_store.backing, "/etc/ol/store");
+    }
 
     fn err(text: &str) -> String {
         parse_toml::<ProxyConfig>(Path::new("p.toml"), text)

@@ -45,6 +45,14 @@ pub struct WorkerConfig {
     /// reply whole, outside every sandbox's memory limit, so a larger one
     /// is refused with 502 as it arrives. At most [`MAX_REPLY_FRAME`].
     pub max_reply_bytes: usize,
+    /// After SIGTERM the worker drains: `/status` answers 503 `draining`,
+    /// each new call is refused (503, `x-ol-refused: draining`) for a
+    /// proxy to send elsewhere, open calls finish. It keeps its port
+    /// answering for at least this long (ms), so that proxies across a
+    /// network learn it is draining before the port goes dark; set it to
+    /// a proxy's `health.interval_ms` or more there. 0: it exits as soon
+    /// as its open calls are done.
+    pub drain_ms: u64,
     pub instances: InstancesConfig,
     pub limits: LimitsConfig,
     pub sandbox_user: SandboxUserConfig,
@@ -412,6 +420,7 @@ impl Default for WorkerConfig {
             max_body_bytes: 6 * 1024 * 1024,
             // AWS Lambda's limit for a synchronous response.
             max_reply_bytes: 6 * 1024 * 1024,
+            drain_ms: 0,
             max_upload_bytes: 50 * 1024 * 1024,
             instances: InstancesConfig::default(),
             limits: LimitsConfig::default(),

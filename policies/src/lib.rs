@@ -137,6 +137,12 @@ impl Picks {
         self.len as usize == MAX_PICKS
     }
 
+    /// Moves the best worker to the end (the others move up one).
+    #[inline]
+    pub fn demote_first(&mut self) {
+        self.idx[..self.len as usize].rotate_left(1);
+    }
+
     /// The indices, best first.
     #[inline]
     pub fn as_slice(&self) -> &[u32] {

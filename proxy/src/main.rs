@@ -38,6 +38,21 @@ struct Cli {
     check: bool,
 }
 
+/// Where the embedded quickstart's paths (`examples/functions`) are: the
+/// checkout this executable was built in (`target/<profile>/ol-proxy`),
+/// else the source tree it was compiled from.
+fn install_dir() -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let built_in = exe
+        .iter()
+        .flat_map(|e| e.ancestors())
+        .find(|d| d.join("examples/functions").is_dir());
+    match built_in {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
+    }
+}
+
 fn main() -> ExitCode {
     // RUST_LOG as for the worker (default info); pingora's `log` records
     // come through the same subscriber. Colour only on a terminal.
@@ -70,6 +85,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Relative paths mean the same from any working directory.
+    match &cli.config {
+        Some(p) => cfg.resolve_relative_paths(&config::proxy::config_dir(p)),
+        None => cfg.resolve_relative_paths(&install_dir()),
+    }
     let file_cfg = cfg.clone();
     if let Some(a) = cli.listen {
         cfg.listen = a;

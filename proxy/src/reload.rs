@@ -231,6 +231,7 @@ fn build(
     old: &Snapshot,
 ) -> Result<(Snapshot, Vec<String>), ConfigError> {
     let mut cfg: ProxyConfig = parse_toml(path, text)?;
+    cfg.resolve_relative_paths(&config::proxy::config_dir(path));
     let notes = pin_restart_only(r, &mut cfg);
     let dns = !cfg.workers.dns.is_empty() && cfg.workers.dns == old.config.workers.dns;
     let hash = config_hash(text);

@@ -207,11 +207,16 @@ fn errors_say_which_level_wrote_them() {
     let function = http(ports.listen, "POST", "/run/fail", &[], b"{}");
     assert_eq!(function.status, 500);
     assert_eq!(function.header("x-ol-error"), Some("function"));
+    // A function that kills its own runtime failed itself, not the worker
+    // (so it cannot get workers ejected as failing).
+    let crashed = http(ports.listen, "POST", "/run/crash", &[], b"{}");
+    assert_eq!(crashed.status, 502, "{}", crashed.text());
+    assert_eq!(crashed.header("x-ol-error"), Some("function"));
     let ok = http(ports.listen, "POST", "/run/hello", &[], b"{}");
     assert_eq!(ok.status, 200);
     assert_eq!(ok.header("x-ol-error"), None);
-    for level in ["proxy", "worker", "function"] {
+    for (level, n) in [("proxy", 1.0), ("worker", 1.0), ("function", 2.0)] {
         let prefix = format!("ol_proxy_error_responses_total{{level=\"{level}\"}}");
-        assert_eq!(metric(ports.admin, &prefix), 1.0, "{level}");
+        assert_eq!(metric(ports.admin, &prefix), n, "{level}");
     }
 }

@@ -42,6 +42,10 @@ struct Cli {
     /// Grace period for open calls at shutdown (ms).
     #[arg(long, default_value_t = 5000)]
     grace_ms: u64,
+    /// After SIGTERM, keep answering (refusing new calls) at least this
+    /// long (ms): `drain_ms`.
+    #[arg(long)]
+    drain_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +107,9 @@ fn load(cli: &Cli) -> Result<WorkerConfig, String> {
     }
     if let Some(v) = cli.registry_cache_ms {
         cfg.registry_cache_ms = v;
+    }
+    if let Some(v) = cli.drain_ms {
+        cfg.drain_ms = v;
     }
     cfg.validate()
         .map_err(|i| format!("invalid setting {}: {}", i.field, i.reason))?;

@@ -67,7 +67,22 @@ pub mod names {
     pub const WORKER_HEALTHY: Family = f(
         "ol_proxy_worker_healthy",
         "gauge",
-        "1 when the worker passes health checks.",
+        "1 when policies may pick the worker: it passes health checks, is not draining and not ejected.",
+    );
+    pub const WORKER_DRAINING: Family = f(
+        "ol_proxy_worker_draining",
+        "gauge",
+        "1 while the worker says it is draining (until health checks pass again).",
+    );
+    pub const WORKER_EJECTED: Family = f(
+        "ol_proxy_worker_ejected",
+        "gauge",
+        "1 while the worker is ejected for platform failures ([outliers]).",
+    );
+    pub const WORKER_EJECTIONS: Family = f(
+        "ol_proxy_worker_ejections_total",
+        "counter",
+        "Times the worker was ejected for platform failures in a row ([outliers]).",
     );
     pub const WORKER_IN_FLIGHT: Family = f(
         "ol_proxy_worker_in_flight",
@@ -201,6 +216,12 @@ pub mod names {
         "Error responses (status 400 or more) by who wrote them (x-ol-error).",
     );
 
+    pub const LOCAL_WORKER_RESTARTS: Family = f(
+        "ol_proxy_local_worker_restarts_total",
+        "counter",
+        "Local workers (local_workers) started again after they exited.",
+    );
+
     pub const CONNECTIONS_OPEN: Family = f(
         "ol_proxy_connections_open",
         "gauge",
@@ -287,6 +308,31 @@ pub fn render(snap: &Snapshot, caches: Option<&Caches>) -> String {
         "worker",
         keyed().map(|(i, k)| (k, t.healthy(i) as u8)),
     );
+    let now = crate::state::warm::now_ms();
+    labelled(
+        &mut out,
+        &WORKER_DRAINING,
+        "worker",
+        snap.workers
+            .iter()
+            .map(|w| (w.key.as_str(), w.is_draining() as u8)),
+    );
+    labelled(
+        &mut out,
+        &WORKER_EJECTED,
+        "worker",
+        snap.workers
+            .iter()
+            .map(|w| (w.key.as_str(), w.outlier.ejected(now) as u8)),
+    );
+    labelled(
+        &mut out,
+        &WORKER_EJECTIONS,
+        "worker",
+        snap.workers
+            .iter()
+            .map(|w| (w.key.as_str(), w.outlier.ejected_total.load(Relaxed))),
+    );
     labelled(
         &mut out,
         &WORKER_IN_FLIGHT,
@@ -337,6 +383,11 @@ pub fn render(snap: &Snapshot, caches: Option<&Caches>) -> String {
         &mut out,
         &CONNECTIONS_HEAD_TIMEOUTS,
         crate::conns::HEAD_TIMEOUTS.load(Relaxed),
+    );
+    single(
+        &mut out,
+        &LOCAL_WORKER_RESTARTS,
+        crate::upstream::local::restarts(),
     );
     out
 }

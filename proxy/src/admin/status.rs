@@ -10,6 +10,7 @@ use crate::state::{State, IN_FLIGHT};
 pub fn status(state: &State) -> serde_json::Value {
     let snap = state.snap.load();
     let t = &snap.routing.table;
+    let now = crate::state::warm::now_ms();
     let workers: Vec<_> = snap
         .workers
         .iter()
@@ -19,6 +20,8 @@ pub fn status(state: &State) -> serde_json::Value {
                 "address": w.key,
                 "source": w.source,
                 "healthy": t.healthy(i),
+                "draining": w.is_draining(),
+                "ejected": w.outlier.ejected(now),
                 "in_flight": t.in_flight(i),
                 "latency_ewma_ms": t.latency_us(i) as f64 / 1000.0,
                 "requests": w.stats.requests.load(Ordering::Relaxed),

@@ -23,6 +23,7 @@ use crate::http::answer;
 use crate::http::body::{self, BodyRead};
 use crate::inspect::{self, protowire, Target};
 use crate::state::admission::{Refused, Wake, BUDGET, HOLD, MAX_HELD_FUNCTIONS};
+use crate::state::outliers;
 use crate::state::routing::PolicyId;
 use crate::state::warm::now_ms;
 use crate::state::workers::WarmView;
@@ -393,6 +394,12 @@ fn pick_workers(
     };
     let function_hash = facts.function_hash();
     ctx.picks = snap.routing.pick_warm(ctx.policy, &facts, &warm);
+    outliers::ramp(
+        &mut ctx.picks,
+        &snap.workers,
+        warm.now,
+        snap.config.health.slow_start_ms,
+    );
     BUDGET.call();
     if !matches!(call, Call::Path { .. }) {
         // The import index learns from the response (caches::on_response).

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use config::wire::{Timing, X_OL_REFUSED, X_OL_TIMING};
+use config::wire::{Timing, LEVEL_WORKER, REFUSED_DRAINING, X_OL_ERROR, X_OL_REFUSED, X_OL_TIMING};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -55,6 +55,8 @@ const REFUSED: &str = "refused";
 
 use crate::http::answer;
 use crate::state::admission::{Refused, Wake, BUDGET, HOLD};
+use crate::state::outliers;
+use crate::state::warm::now_ms;
 use crate::state::State;
 use ctx::AfterRefusal;
 
@@ -150,6 +152,12 @@ impl ProxyHttp for OlProxy {
                         tracing::info!("worker {} is now unhealthy (connect failed)", w.addr);
                     }
                 }
+                let failed = outliers::Outcome::PlatformFailure;
+                if outliers::record(&snap.workers, i, failed, &snap.config.outliers, now_ms())
+                    .is_some()
+                {
+                    snap.routing.table.set_healthy(i, false);
+                }
             }
         }
         let max = ctx.snap.as_ref().map_or(0, |s| s.config.retries);
@@ -170,6 +178,7 @@ impl ProxyHttp for OlProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        note_outcome(ctx, resp);
         // A refusal before any function code ran: try elsewhere, or wait,
         // if the request can be sent again (its body is all in pingora's
         // retry buffer); otherwise the worker's answer goes to the client.
@@ -390,6 +399,39 @@ impl ProxyHttp for OlProxy {
                 }
             }
         }
+    }
+}
+
+/// What the worker's response head says about the worker itself: a
+/// `draining` refusal takes it out of rotation at once; its own
+/// 502/503/504 is a platform failure toward ejection; any other answer
+/// ends a failure streak (`state::outliers`).
+fn note_outcome(ctx: &Ctx, resp: &ResponseHeader) {
+    let (Some(snap), Some(i)) = (&ctx.snap, ctx.worker) else {
+        return;
+    };
+    let Some(w) = snap.workers.get(i) else {
+        return;
+    };
+    if let Some(why) = resp.headers.get(X_OL_REFUSED) {
+        if why.as_bytes() == REFUSED_DRAINING.as_bytes() && w.drain() {
+            snap.routing.table.set_healthy(i, false);
+            tracing::info!("worker {} is draining: out of rotation", w.addr);
+        }
+        return;
+    }
+    let status = resp.status.as_u16();
+    let platform = matches!(status, 502..=504)
+        && resp
+            .headers
+            .get(X_OL_ERROR)
+            .is_some_and(|v| v.as_bytes() == LEVEL_WORKER.as_bytes());
+    let outcome = match platform {
+        true => outliers::Outcome::PlatformFailure,
+        false => outliers::Outcome::Answered,
+    };
+    if outliers::record(&snap.workers, i, outcome, &snap.config.outliers, now_ms()).is_some() {
+        snap.routing.table.set_healthy(i, false);
     }
 }
 

@@ -21,6 +21,7 @@
 pub mod admission;
 pub mod experiments;
 pub mod metrics;
+pub mod outliers;
 pub mod routing;
 pub mod warm;
 pub mod workers;

@@ -18,6 +18,7 @@ use http::HeaderValue;
 use policies::Warm;
 
 use super::metrics::Stats;
+use super::outliers::Outlier;
 use super::warm::WorkerWarm;
 
 /// One upstream worker.
@@ -34,6 +35,11 @@ pub struct Worker {
     checked: AtomicBool,
     ok_streak: AtomicU32,
     fail_streak: AtomicU32,
+    /// Out of rotation at the worker's own word (a `draining` refusal or
+    /// health answer) until health checks pass `rise` times again.
+    draining: AtomicBool,
+    /// Outlier ejection and slow start (`super::outliers`).
+    pub outlier: Outlier,
     pub stats: Stats,
     /// What the proxy believes this worker holds warm (the import index).
     pub warm: WorkerWarm,
@@ -90,6 +96,8 @@ impl Worker {
             checked: AtomicBool::new(false),
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
+            draining: AtomicBool::new(false),
+            outlier: Outlier::default(),
             stats: Stats::default(),
             warm: Default::default(),
             reported: Default::default(),
@@ -98,6 +106,25 @@ impl Worker {
 
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether policies may pick it now (`now`: [`super::warm::now_ms`]):
+    /// healthy, not draining, not ejected.
+    pub fn routable(&self, now: u64) -> bool {
+        self.healthy() && !self.is_draining() && !self.outlier.ejected(now)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The worker said it is draining: out at once, back only when health
+    /// checks pass `rise` times (after its restart). True the first time.
+    pub fn drain(&self) -> bool {
+        self.checked.store(true, Ordering::Relaxed);
+        self.ok_streak.store(0, Ordering::Relaxed);
+        self.healthy.store(false, Ordering::Relaxed);
+        !self.draining.swap(true, Ordering::Relaxed)
     }
 
     /// Records one health check result; returns `Some(new_health)` when the
@@ -111,6 +138,10 @@ impl Worker {
             let n = self.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
             if !was && (first || n >= rise) {
                 self.healthy.store(true, Ordering::Relaxed);
+                self.draining.store(false, Ordering::Relaxed);
+                if !first {
+                    self.outlier.came_back(super::warm::now_ms());
+                }
                 return Some(true);
             }
         } else {

@@ -17,11 +17,22 @@ use tokio::net::TcpStream;
 
 use crate::inspect::protowire::{frame, protobuf_key, put_varint};
 
+/// What a health check found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Probe {
+    Healthy,
+    /// No answer, or not a healthy one.
+    Unhealthy,
+    /// The worker says it is draining (`/status`: 503 `draining`; gRPC:
+    /// `NOT_SERVING`): out of rotation at once, not after `fall` checks.
+    Draining,
+}
+
 /// One way to ask a worker whether it can take calls.
 #[async_trait]
 pub trait HealthCheck: Send + Sync {
-    /// True when the worker at `addr` answered healthy within `timeout`.
-    async fn check(&self, addr: SocketAddr, timeout: Duration) -> bool;
+    /// How the worker at `addr` answered within `timeout`.
+    async fn check(&self, addr: SocketAddr, timeout: Duration) -> Probe;
 }
 
 /// `GET <health.path>`: 200 with a body starting `ready`.
@@ -36,14 +47,14 @@ pub struct GrpcCheck {
 
 #[async_trait]
 impl HealthCheck for HttpCheck {
-    async fn check(&self, addr: SocketAddr, timeout: Duration) -> bool {
+    async fn check(&self, addr: SocketAddr, timeout: Duration) -> Probe {
         http_probe(addr, &self.path, timeout).await
     }
 }
 
 #[async_trait]
 impl HealthCheck for GrpcCheck {
-    async fn check(&self, addr: SocketAddr, timeout: Duration) -> bool {
+    async fn check(&self, addr: SocketAddr, timeout: Duration) -> Probe {
         grpc_health_check(addr, &self.service, timeout).await
     }
 }
@@ -92,24 +103,27 @@ pub async fn http_get(
     Some((status, buf))
 }
 
-/// One HTTP probe: true when the worker answered 200 and `ready`.
-async fn http_probe(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
-    // A chunked body starts with its size line; accept `ready` in the
+/// One HTTP probe: healthy when the worker answered 200 and `ready`,
+/// draining on 503 and `draining`.
+async fn http_probe(addr: SocketAddr, path: &str, timeout: Duration) -> Probe {
+    // A chunked body starts with its size line; accept the word in the
     // first few bytes either way.
-    http_get(addr, path, timeout, 8192)
-        .await
-        .is_some_and(|(status, b)| {
-            status == 200
-                && (b.starts_with(b"ready") || b.windows(5).take(16).any(|w| w == b"ready"))
-        })
+    let starts = |b: &[u8], word: &[u8]| {
+        b.starts_with(word) || b.windows(word.len()).take(16).any(|w| w == word)
+    };
+    match http_get(addr, path, timeout, 8192).await {
+        Some((200, b)) if starts(&b, b"ready") => Probe::Healthy,
+        Some((503, b)) if starts(&b, b"draining") => Probe::Draining,
+        _ => Probe::Unhealthy,
+    }
 }
 
 /// The standard gRPC health check of one worker: `grpc.health.v1.Health/
 /// Check` of `service` ("" is the whole server) on a fresh h2c connection
 /// (prior knowledge, like the proxy's upstream h2c). True when the call
 /// succeeds (`grpc-status: 0`) and the reply's `status` (field 1) is
-/// `SERVING` (1).
-async fn grpc_health_check(addr: SocketAddr, service: &str, timeout: Duration) -> bool {
+/// `SERVING` (1); draining when it is `NOT_SERVING` (2).
+async fn grpc_health_check(addr: SocketAddr, service: &str, timeout: Duration) -> Probe {
     let fut = async {
         let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
         let (client, conn) = h2::client::handshake(tcp).await.ok()?;
@@ -134,7 +148,7 @@ async fn grpc_health_check(addr: SocketAddr, service: &str, timeout: Duration) -
         send.send_data(bytes::Bytes::from(frame(&msg)), true).ok()?;
         let resp = resp.await.ok()?;
         if resp.status() != http::StatusCode::OK {
-            return Some(false);
+            return Some(Probe::Unhealthy);
         }
         let trailers_only = resp.headers().get("grpc-status").cloned();
         let mut body = resp.into_body();
@@ -144,16 +158,23 @@ async fn grpc_health_check(addr: SocketAddr, service: &str, timeout: Duration) -
             let _ = body.flow_control().release_capacity(chunk.len());
             buf.extend_from_slice(&chunk);
             if buf.len() > 4096 {
-                return Some(false);
+                return Some(Probe::Unhealthy);
             }
         }
         let trailers = body.trailers().await.ok()?;
         let status = trailers_only.or_else(|| trailers?.get("grpc-status").cloned())?;
-        Some(status == "0" && protobuf_key(&buf, &[1]).as_deref() == Some(b"1"))
+        if status != "0" {
+            return Some(Probe::Unhealthy);
+        }
+        Some(match protobuf_key(&buf, &[1]).as_deref() {
+            Some(b"1") => Probe::Healthy,
+            Some(b"2") => Probe::Draining,
+            _ => Probe::Unhealthy,
+        })
     };
     tokio::time::timeout(timeout, fut)
         .await
         .ok()
         .flatten()
-        .unwrap_or(false)
+        .unwrap_or(Probe::Unhealthy)
 }

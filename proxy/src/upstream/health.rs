@@ -22,7 +22,8 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::client::{health_check, http_get, HealthCheck};
+use super::client::{health_check, http_get, HealthCheck, Probe};
+use crate::state::warm::now_ms;
 use crate::state::State;
 
 pub struct Background {
@@ -44,18 +45,20 @@ impl Background {
     async fn check_all(&self) {
         let snap = self.state.snap.load_full();
         let h = &snap.config.health;
-        if !h.enabled {
-            return;
-        }
         let timeout = Duration::from_millis(h.timeout_ms);
         let check: Arc<dyn HealthCheck> = Arc::from(health_check(h));
-        let checks = snap.workers.iter().map(|w| {
+        // With health checks off there is nothing to ask; ejections still end.
+        let asked = if h.enabled { &snap.workers[..] } else { &[] };
+        let checks = asked.iter().map(|w| {
             let w = w.clone();
             let check = check.clone();
             let (rise, fall) = (h.rise, h.fall);
             async move {
-                let ok = check.check(w.addr, timeout).await;
-                let changed = w.record_check(ok, rise, fall);
+                let probe = check.check(w.addr, timeout).await;
+                if probe == Probe::Draining && w.drain() {
+                    tracing::info!("worker {} is draining: out of rotation", w.addr);
+                }
+                let changed = w.record_check(probe == Probe::Healthy, rise, fall);
                 if let Some(now) = changed {
                     tracing::info!(
                         "worker {} is now {}",
@@ -72,10 +75,16 @@ impl Background {
             rose |= h.await.unwrap_or(false);
         }
         // Publish to the policies' table of the snapshot in force now (a
-        // DNS swap may have replaced the one this round started with).
+        // DNS swap may have replaced the one this round started with);
+        // ejections whose time is up end here.
         let cur = self.state.snap.load();
+        let now = now_ms();
         for (i, w) in cur.workers.iter().enumerate() {
-            cur.routing.table.set_healthy(i, w.healthy());
+            if w.outlier.end_if_due(now) {
+                tracing::info!("worker {}: its ejection ends; it gets calls again", w.addr);
+                rose = true;
+            }
+            cur.routing.table.set_healthy(i, w.routable(now));
         }
         // A worker came up: calls held for one look again.
         if rose {

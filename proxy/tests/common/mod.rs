@@ -219,21 +219,37 @@ pub fn start_proxy(config_text: &str, ports: &Ports) -> Proc {
 }
 
 pub fn start_proxy_args(args: &[&str], ports: &Ports, dir: &std::path::Path) -> Proc {
+    start_proxy_in(&repo_root(), args, ports, dir)
+}
+
+/// Starts ol-proxy in `cwd` with `args`, its stderr in `dir/proxy.log`,
+/// without waiting for it.
+pub fn spawn_proxy_in(cwd: &std::path::Path, args: &[&str], dir: &std::path::Path) -> Proc {
     let log = dir.join("proxy.log");
     let child = Command::new(proxy_bin())
         .args(args)
-        .current_dir(repo_root())
+        .current_dir(cwd)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("start ol-proxy");
-    let mut p = Proc {
+    Proc {
         child,
         log,
         dir: Some(dir.to_path_buf()),
-    };
+    }
+}
+
+/// As [`start_proxy_args`], from the working directory `cwd`.
+pub fn start_proxy_in(
+    cwd: &std::path::Path,
+    args: &[&str],
+    ports: &Ports,
+    dir: &std::path::Path,
+) -> Proc {
+    let mut p = spawn_proxy_in(cwd, args, dir);
     let end = Instant::now() + Duration::from_secs(15);
     loop {
         // The admin service starts before the proxy's own listener, so

@@ -4,7 +4,7 @@
 //! | endpoint                     | what                                   |
 //! |------------------------------|----------------------------------------|
 //! | `ANY /run/<name>[/sub][?q]`  | call a function (`run`)                |
-//! | `GET /status`                | `ready`                                |
+//! | `GET /status`                | `ready`; 503 `draining` after SIGTERM  |
 //! | `GET /stats`                 | flat JSON counters and averages        |
 //! | `/registry/...`              | the code store API (`registry`)        |
 //!
@@ -14,6 +14,7 @@
 //! `reply`.
 
 mod body;
+mod drain;
 pub mod grpc;
 mod registry;
 mod reply;
@@ -31,8 +32,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use self::drain::Drain;
 use self::reply::{json, text, Resp};
 use crate::code::registry::Registry;
+use crate::invoke::CallError;
 use crate::invoke::HandlerSet;
 
 /// Everything the port serves.
@@ -40,7 +43,14 @@ pub struct Front {
     run: run::Run,
     registry: registry::Endpoints,
     grpc: grpc::Grpc,
+    drain: Arc<Drain>,
+    /// `drain_ms`: the least time the port stays open after SIGTERM.
+    drain_linger: Duration,
 }
+
+/// The one line of a call refused while draining.
+const DRAINING: &str =
+    "this worker is draining (shutting down): the call did not run; send it to another worker";
 
 impl Front {
     pub fn new(
@@ -48,8 +58,16 @@ impl Front {
         registry: Arc<Registry>,
         cfg: &config::WorkerConfig,
     ) -> Arc<Front> {
+        let drain = Arc::new(Drain::default());
         Arc::new(Front {
-            grpc: grpc::Grpc::new(handlers.clone(), registry.clone(), cfg.max_body_bytes),
+            grpc: grpc::Grpc::new(
+                handlers.clone(),
+                registry.clone(),
+                cfg.max_body_bytes,
+                drain.clone(),
+            ),
+            drain,
+            drain_linger: Duration::from_millis(cfg.drain_ms),
             run: run::Run {
                 handlers,
                 max_body: cfg.max_body_bytes,
@@ -64,7 +82,24 @@ impl Front {
 
     /// Where a request goes: gRPC calls and `GET /grpc/...` to the gRPC
     /// front, the rest by path.
+    /// A call is counted open until its response head is out (the
+    /// drain waits for it); while draining, it is refused instead.
     async fn dispatch(&self, req: Request<Incoming>) -> Response<Either<Full<Bytes>, grpc::Body>> {
+        let grpc_call = grpc::is_grpc_call(&req);
+        let _open = if grpc_call || req.uri().path().starts_with("/run/") {
+            match self.drain.enter() {
+                Some(open) => Some(open),
+                None => {
+                    let e = CallError::refused(503, config::wire::REFUSED_DRAINING, DRAINING);
+                    return match grpc_call {
+                        true => grpc::refusal(e).map(Either::Right),
+                        false => reply::error_response(e).map(Either::Left),
+                    };
+                }
+            }
+        } else {
+            None
+        };
         if grpc::is_grpc(&req) {
             return self.grpc.handle(req).await.map(Either::Right);
         }
@@ -84,6 +119,9 @@ impl Front {
             self.registry.serve(rest, req).await
         } else {
             match (req.method(), path.as_str()) {
+                (&Method::GET, "/status") if self.drain.is_draining() => {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+                }
                 (&Method::GET, "/status") => text(StatusCode::OK, "ready"),
                 (&Method::GET, "/stats") => {
                     let handlers = &self.run.handlers;
@@ -100,8 +138,10 @@ impl Front {
     }
 }
 
-/// Serves until `shutdown` resolves, then lets open calls finish for up to
-/// `grace`.
+/// Serves until `shutdown` resolves, then drains (`drain.rs`): keeps
+/// answering, with refusals for new calls, until the open calls are done
+/// (at most `grace`) and `drain_ms` has passed; then closes the port and
+/// lets open connections finish within what is left of `grace`.
 pub async fn serve(
     listener: TcpListener,
     front: Arc<Front>,
@@ -110,31 +150,66 @@ pub async fn serve(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
+    let accept = |stream: tokio::net::TcpStream| {
+        let _ = stream.set_nodelay(true);
+        let front = front.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let front = front.clone();
+            async move { Ok::<_, Infallible>(front.dispatch(req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let front = front.clone();
-                let svc = hyper::service::service_fn(move |req| {
-                    let front = front.clone();
-                    async move { Ok::<_, Infallible>(front.dispatch(req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                if let Ok((stream, _)) = accepted {
+                    accept(stream);
+                }
             }
             _ = &mut shutdown => break,
         }
     }
+    front.drain.begin();
+    let linger = front.drain_linger;
+    tracing::info!(
+        open = front.drain.open(),
+        drain_ms = linger.as_millis() as u64,
+        "draining: new calls are refused"
+    );
+    let started = tokio::time::Instant::now();
+    let calls = async {
+        if tokio::time::timeout(grace, front.drain.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("calls still open after the {grace:?} grace period; closing anyway");
+        }
+    };
+    let drained = async { tokio::join!(calls, tokio::time::sleep_until(started + linger)) };
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    accept(stream);
+                }
+            }
+            _ = &mut drained => break,
+        }
+    }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    let left = (started + grace.max(linger)).saturating_duration_since(tokio::time::Instant::now());
+    if tokio::time::timeout(left, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("calls still open after the {grace:?} grace period; stopping anyway");
+        tracing::warn!("connections still open after the grace period; stopping anyway");
     }
 }

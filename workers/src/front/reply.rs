@@ -152,6 +152,8 @@ pub fn error_response(e: CallError) -> Resp {
         r.headers_mut().insert(ALLOW, allow);
     }
     worker_error(r.headers_mut(), e.refused);
+    r.headers_mut()
+        .insert(X_OL_ERROR, HeaderValue::from_static(e.level));
     r
 }
 

@@ -54,6 +54,12 @@ pub struct CallError {
     /// Refused before any of the function's code ran, and why
     /// (`config::wire::REFUSED_*`): another worker may take the call.
     pub refused: Option<&'static str>,
+    /// Who failed (`x-ol-error`): `worker` for the platform (its store,
+    /// its sandboxes), `function` when the function's own code did (its
+    /// runtime died, ran past its limit, failed to load, sent too much).
+    /// A proxy ejects workers on the first kind only, so a function cannot
+    /// get workers ejected.
+    pub level: &'static str,
 }
 
 impl CallError {
@@ -64,6 +70,15 @@ impl CallError {
             detail: String::new(),
             allow: None,
             refused: None,
+            level: config::wire::LEVEL_WORKER,
+        }
+    }
+
+    /// The function's code failed, not the worker.
+    pub fn by_function(self) -> Self {
+        CallError {
+            level: config::wire::LEVEL_FUNCTION,
+            ..self
         }
     }
 
@@ -93,10 +108,14 @@ impl From<RegistryError> for CallError {
 
 impl From<SandboxError> for CallError {
     fn from(e: SandboxError) -> Self {
-        let (status, detail) = match &e {
-            SandboxError::Load { log, .. } => (500, log.clone()),
-            SandboxError::Timeout { .. } => (504, String::new()),
-            SandboxError::Crashed(_) | SandboxError::Setup(_) => (502, String::new()),
+        use config::wire::{LEVEL_FUNCTION, LEVEL_WORKER};
+        // Loading, crashing and timing out are the function's doing (its
+        // import, its exit, its loop); setting a sandbox up is the worker's.
+        let (status, detail, level) = match &e {
+            SandboxError::Load { log, .. } => (500, log.clone(), LEVEL_FUNCTION),
+            SandboxError::Timeout { .. } => (504, String::new(), LEVEL_FUNCTION),
+            SandboxError::Crashed(_) => (502, String::new(), LEVEL_FUNCTION),
+            SandboxError::Setup(_) => (502, String::new(), LEVEL_WORKER),
         };
         CallError {
             status,
@@ -104,6 +123,7 @@ impl From<SandboxError> for CallError {
             detail,
             allow: None,
             refused: None,
+            level,
         }
     }
 }
@@ -279,17 +299,18 @@ impl HandlerSet {
                 tracing::warn!(function = %name, %io, %why, "runtime failed during a call");
                 self.pool.discard(inst);
                 Err(CallError {
-                    status: 502,
-                    line: format!("function {name}'s runtime died during the call: {why}"),
                     detail: log,
-                    allow: None,
-                    refused: None,
+                    ..CallError::new(
+                        502,
+                        format!("function {name}'s runtime died during the call: {why}"),
+                    )
+                    .by_function()
                 })
             }
             Ran::TooLarge(what) => {
                 // The rest of the reply is unread: the connection is spent.
                 self.pool.discard(inst);
-                Err(CallError::new(502, format!("function {name} sent {what}")))
+                Err(CallError::new(502, format!("function {name} sent {what}")).by_function())
             }
             Ran::TimedOut => {
                 self.stats.timeouts.fetch_add(1, Relaxed);
@@ -323,14 +344,12 @@ fn check_method(code: &CodeVersion, method: &str) -> Result<(), CallError> {
         return Ok(());
     }
     let list = allowed.join(", ");
+    let line = format!(
+        "method {method} not allowed for {}; allowed: {list}",
+        code.name
+    );
     Err(CallError {
-        status: 405,
-        line: format!(
-            "method {method} not allowed for {}; allowed: {list}",
-            code.name
-        ),
-        detail: String::new(),
         allow: Some(list),
-        refused: None,
+        ..CallError::new(405, line)
     })
 }

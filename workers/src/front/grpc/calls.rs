@@ -30,6 +30,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub index: Index,
     pub max_message: usize,
+    /// Draining: health answers `NOT_SERVING`.
+    pub drain: Arc<crate::front::drain::Drain>,
 }
 
 impl Shared {
@@ -77,7 +79,8 @@ impl Shared {
             }
             Err(e) => {
                 stats.count_status(e.status);
-                Err(status_of(e, config::wire::LEVEL_WORKER))
+                let level = e.level;
+                Err(status_of(e, level))
             }
         };
         (res, timing)
@@ -105,11 +108,15 @@ impl Lambda for LambdaSvc {
     }
 }
 
-/// `grpc.health.v1.Health`: the worker serves while it answers at all.
+/// `grpc.health.v1.Health`: the worker serves while it answers at all,
+/// and not once it drains.
 pub struct HealthSvc(pub Arc<Shared>);
 
 impl HealthSvc {
     async fn status(&self, service: &str) -> Result<ServingStatus, Status> {
+        if self.0.drain.is_draining() {
+            return Ok(ServingStatus::NotServing);
+        }
         if matches!(service, "" | LAMBDA | HEALTH) {
             return Ok(ServingStatus::Serving);
         }

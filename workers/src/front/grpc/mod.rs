@@ -44,15 +44,21 @@ use tonic_health::pb::health_server::HealthServer;
 use self::calls::{HealthSvc, LambdaSvc, Shared, HEALTH, LAMBDA};
 use self::pb::ol::lambda_server::LambdaServer;
 use self::wire::{
-    add_timing, describe_path, forwarded_headers, frame, from_json, is_grpc_call, ok_response,
-    parse_timeout, read_message, split_path, status_of, to_json,
+    add_timing, describe_path, forwarded_headers, frame, from_json, ok_response, parse_timeout,
+    read_message, split_path, status_of, to_json,
 };
 use super::reply::{self, Resp};
 use crate::code::protos;
 use crate::code::registry::{Registry, RegistryError};
 use crate::invoke::{CallError, HandlerSet};
 
-pub use self::wire::{is_grpc, Body};
+pub use self::wire::{is_grpc, is_grpc_call, Body};
+
+/// A call the worker refuses before running it (`e.refused`), as a gRPC
+/// status with `x-ol-error: worker` and `x-ol-refused` in its metadata.
+pub fn refusal(e: CallError) -> Response<Body> {
+    wire::status_of(e, config::wire::LEVEL_WORKER).into_http()
+}
 
 /// The gRPC front of one worker (made once per port).
 pub struct Grpc {
@@ -62,12 +68,18 @@ pub struct Grpc {
 }
 
 impl Grpc {
-    pub fn new(handlers: Arc<HandlerSet>, registry: Arc<Registry>, max_body: usize) -> Grpc {
+    pub fn new(
+        handlers: Arc<HandlerSet>,
+        registry: Arc<Registry>,
+        max_body: usize,
+        drain: Arc<super::drain::Drain>,
+    ) -> Grpc {
         let shared = Arc::new(Shared {
             handlers,
             index: index::Index::new(registry.clone()),
             registry,
             max_message: max_body,
+            drain,
         });
         Grpc {
             lambda: LambdaServer::new(LambdaSvc(shared.clone()))
