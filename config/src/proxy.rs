@@ -300,6 +300,29 @@ pub struct AdmissionConfig {
     /// hold instead of trying the next worker at once.
     pub retry_ratio: f64,
     pub min_retries_per_s: u64,
+    /// `[[admission.limits]]`: concurrency and rate limits by function
+    /// (and key); the first rule whose `functions` match applies.
+    pub limits: Vec<LimitConfig>,
+}
+
+/// One `[[admission.limits]]` rule. Over a limit the call is answered 429
+/// with `Retry-After` and never reaches a worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Exact names or globs as in routes; each matching function has its
+    /// own counters.
+    pub functions: Vec<String>,
+    /// Limits per value of this request key (`{ header = "x-tenant" }`,
+    /// `{ cookie = ".." }` or `{ query = ".." }`) as well as per
+    /// function; calls without it share one set. None: per function.
+    pub key: Option<crate::policy::KeySource>,
+    /// Calls in flight at this proxy at once; 0: no limit.
+    pub max_concurrent: u32,
+    /// Calls per second, a token bucket refilled at this rate; 0: no limit.
+    pub rate_per_s: u32,
+    /// The bucket's size (calls at once above the rate); 0: `rate_per_s`.
+    pub burst: u32,
 }
 
 impl Default for AdmissionConfig {
@@ -309,6 +332,7 @@ impl Default for AdmissionConfig {
             hold_queue: 1024,
             retry_ratio: 0.2,
             min_retries_per_s: 10,
+            limits: Vec::new(),
         }
     }
 }
@@ -677,6 +701,33 @@ impl ProxyConfig {
                 "admission.retry_ratio",
                 "must be between 0 and 1",
             ));
+        }
+        for (i, l) in a.limits.iter().enumerate() {
+            let at = |f: &str| format!("admission.limits.{i}.{f}");
+            if l.functions.is_empty() || l.functions.iter().any(|f| f.is_empty()) {
+                return Err(Invalid::new(at("functions"), "must list names or globs"));
+            }
+            if l.max_concurrent == 0 && l.rate_per_s == 0 {
+                return Err(Invalid::new(
+                    at("max_concurrent"),
+                    "a rule needs max_concurrent or rate_per_s (or both) above 0",
+                ));
+            }
+            if matches!(
+                l.key,
+                Some(crate::policy::KeySource::Json(_) | crate::policy::KeySource::Protobuf(_))
+            ) {
+                return Err(Invalid::new(
+                    at("key"),
+                    "must be a header, cookie or query value (limits never read the body)",
+                ));
+            }
+            if l.burst > 1_000_000 || l.rate_per_s > 1_000_000 {
+                return Err(Invalid::new(
+                    at("rate_per_s"),
+                    "rate_per_s and burst must be at most 1000000",
+                ));
+            }
         }
         let o = &self.outliers;
         if o.eject_ms == 0 || o.eject_ms > o.max_eject_ms {

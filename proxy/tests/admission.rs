@@ -220,3 +220,101 @@ fn errors_say_which_level_wrote_them() {
         assert_eq!(metric(ports.admin, &prefix), n, "{level}");
     }
 }
+
+/// `[[admission.limits]]`: over a function's concurrency limit, or its
+/// rate for one tenant, a call gets 429 with `Retry-After` from the proxy
+/// and never reaches a worker; another tenant has its own bucket.
+#[test]
+fn concurrency_and_rate_limits_answer_429_with_retry_after() {
+    let wp = [free_port()];
+    let _w = start_worker(wp[0]);
+    let ports = Ports::new();
+    let extra = format!(
+        "{FAST_HEALTH}[[admission.limits]]\nfunctions = [\"sle*\"]\nmax_concurrent = 2\n\
+         [[admission.limits]]\nfunctions = [\"hello\"]\nkey = {{ header = \"x-tenant\" }}\n\
+         rate_per_s = 1\nburst = 5\n"
+    );
+    let _p = start_proxy(&config(&ports, &wp, &extra), &ports);
+    wait_healthy(ports.admin, "", 1);
+    let listen = ports.listen;
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            std::thread::spawn(move || http(listen, "POST", "/run/sleep", &[], br#"{"ms": 1500}"#))
+        })
+        .collect();
+    let mut by_status = std::collections::BTreeMap::new();
+    for c in calls {
+        let r = c.join().unwrap();
+        if r.status == 429 {
+            assert_eq!(r.header("retry-after"), Some("1"));
+            assert_eq!(r.header("x-ol-error"), Some("proxy"));
+            assert!(r.text().contains("max_concurrent"), "{}", r.text());
+        }
+        *by_status.entry(r.status).or_insert(0) += 1;
+    }
+    assert_eq!(by_status, [(200, 2), (429, 4)].into_iter().collect());
+    let served_before = worker_2xx(wp[0]);
+
+    let t = Instant::now();
+    let (mut ok, mut over) = (0u64, 0u64);
+    for _ in 0..8 {
+        let r = http(
+            ports.listen,
+            "POST",
+            "/run/hello",
+            &[("x-tenant", "a")],
+            b"{}",
+        );
+        match r.status {
+            200 => ok += 1,
+            429 => {
+                over += 1;
+                let after: u32 = r.header("retry-after").unwrap().parse().unwrap();
+                assert!(after >= 1, "{after}");
+                assert!(r.text().contains("rate_per_s"), "{}", r.text());
+            }
+            s => panic!("{s}: {}", r.text()),
+        }
+    }
+    // The burst of 5, and one more per whole second the loop took.
+    let refilled = t.elapsed().as_secs();
+    assert_eq!(ok, 5 + refilled, "{ok} served, {over} refused");
+    assert_eq!(
+        http(
+            ports.listen,
+            "POST",
+            "/run/hello",
+            &[("x-tenant", "b")],
+            b"{}"
+        )
+        .status,
+        200,
+        "another tenant has its own bucket"
+    );
+    assert_eq!(
+        worker_2xx(wp[0]) - served_before,
+        ok + 1,
+        "a refused call never reached the worker"
+    );
+    assert_eq!(
+        metric(
+            ports.admin,
+            "ol_proxy_limited_total{limit=\"hello\",reason=\"rate\"}"
+        ),
+        over as f64
+    );
+    assert_eq!(
+        metric(
+            ports.admin,
+            "ol_proxy_limited_total{limit=\"sle*\",reason=\"concurrency\"}"
+        ),
+        4.0
+    );
+}
+
+/// Calls the worker has answered 2xx, from its `/stats`.
+fn worker_2xx(port: u16) -> u64 {
+    let s = http(port, "GET", "/stats", &[], b"").text();
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    v["status.2xx"].as_u64().unwrap_or(0)
+}

@@ -210,6 +210,16 @@ pub mod names {
         "counter",
         "Refused calls retried on the next pick at once (spent) or sent to the hold because the budget was used up (exhausted).",
     );
+    pub const LIMITED: Family = f(
+        "ol_proxy_limited_total",
+        "counter",
+        "Calls answered 429 by an [[admission.limits]] rule (limit: its functions), by reason (concurrency, rate).",
+    );
+    pub const LIMIT_IN_FLIGHT: Family = f(
+        "ol_proxy_limit_in_flight",
+        "gauge",
+        "Calls in flight under an [[admission.limits]] concurrency limit, by rule.",
+    );
     pub const ERRORS_BY_LEVEL: Family = f(
         "ol_proxy_error_responses_total",
         "counter",
@@ -368,7 +378,7 @@ pub fn render(snap: &Snapshot, caches: Option<&Caches>) -> String {
     if let Some(c) = caches {
         cache_families(&mut out, c, &snap.workers);
     }
-    admission_families(&mut out);
+    admission_families(&mut out, snap);
     single(
         &mut out,
         &CONNECTIONS_OPEN,
@@ -395,7 +405,7 @@ pub fn render(snap: &Snapshot, caches: Option<&Caches>) -> String {
 const _: () = assert!(REPORTED.len() == names::WORKER_REPORTED.len());
 
 /// The hold, the retry budget and error responses by level.
-fn admission_families(out: &mut String) {
+fn admission_families(out: &mut String, snap: &Snapshot) {
     use crate::state::admission::{BUDGET, HOLD};
     let held = HOLD.stats();
     let rows = |pick: fn(&crate::state::admission::HoldStats) -> u64| {
@@ -440,6 +450,29 @@ fn admission_families(out: &mut String) {
             ("spent", BUDGET.spent.load(Relaxed)),
             ("exhausted", BUDGET.exhausted.load(Relaxed)),
         ],
+    );
+    let limits = &snap.limits;
+    head(out, &LIMITED);
+    for r in &limits.rules {
+        for (reason, v) in [("concurrency", &r.over_concurrency), ("rate", &r.over_rate)] {
+            let _ = writeln!(
+                out,
+                "{}{{limit=\"{}\",reason=\"{reason}\"}} {}",
+                LIMITED.name,
+                escape(&r.label),
+                v.load(Relaxed)
+            );
+        }
+    }
+    labelled(
+        out,
+        &LIMIT_IN_FLIGHT,
+        "limit",
+        limits
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.label.as_str(), limits.in_flight(i))),
     );
     let by = &crate::state::metrics::ERRORS_BY_LEVEL;
     labelled(

@@ -77,6 +77,9 @@ pub struct Ctx {
     /// The answer to a call the proxy gave up on itself (status, reason,
     /// `Retry-After`), read by `fail_to_proxy`.
     pub(super) answer: Option<(u16, String, Option<u32>)>,
+    /// A slot under an `[[admission.limits]]` concurrency limit, given
+    /// back when the request ends (this context drops).
+    pub(super) limit_slot: Option<crate::state::limits::Slot>,
     _in_flight: InFlight,
 }
 
@@ -108,6 +111,7 @@ impl Ctx {
             caches: Default::default(),
             arm: None,
             timing: None,
+            limit_slot: None,
             function_key: 0,
             function: String::new(),
             refusals: 0,

@@ -130,6 +130,7 @@ async fn decide(state: &State, session: &mut Session, ctx: &mut Ctx) -> Result<(
     let mut body = None;
     let call = identify(session, &snap, &mut body).await?;
     choose_policy(ctx, &snap, &call, session.req_header());
+    admit_under_limits(ctx, &snap, &call, session.req_header())?;
     let key = routing_key(session, ctx, &snap, &call, &mut body).await?;
     consult_caches(session, ctx, &snap, &call, body).await?;
     wait_for_a_healthy_worker(state, ctx, &snap, &call, session.req_header()).await?;
@@ -232,6 +233,36 @@ fn choose_policy(ctx: &mut Ctx, snap: &Snapshot, call: &Call, req: &RequestHeade
         Some((e, a)) => snap.experiments.arm(e, a).header.clone(),
         None => snap.routing.policies[policy].header.clone(),
     });
+}
+
+/// `[[admission.limits]]` (`state::limits`): over a rule's concurrency or
+/// rate the call is answered 429 with `Retry-After` (a gRPC call:
+/// `RESOURCE_EXHAUSTED`); admitted, it holds its slot until it ends.
+fn admit_under_limits(
+    ctx: &mut Ctx,
+    snap: &Snapshot,
+    call: &Call,
+    req: &RequestHeader,
+) -> Result<(), Stop> {
+    if snap.limits.is_empty() {
+        return Ok(());
+    }
+    match snap.limits.admit(call.function(req.uri.path()), req) {
+        Ok(slot) => {
+            ctx.limit_slot = slot;
+            Ok(())
+        }
+        Err(over) if matches!(call, Call::Grpc { .. }) => Err(Stop::Grpc {
+            code: 8,
+            reason: over.reason,
+        }),
+        Err(over) => Err(Stop::Text {
+            status: 429,
+            reason: over.reason,
+            keepalive: true,
+            retry_after: Some(over.retry_after),
+        }),
+    }
 }
 
 /// Content inspection, only when the policy needs a key in the body (a

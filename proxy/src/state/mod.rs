@@ -20,6 +20,7 @@
 
 pub mod admission;
 pub mod experiments;
+pub mod limits;
 pub mod metrics;
 pub mod outliers;
 pub mod routing;
@@ -68,6 +69,9 @@ pub struct Snapshot {
     /// Policy A/B experiments ([`experiments`]); their arm stats
     /// carry over rebuilds.
     pub experiments: Arc<Experiments>,
+    /// `[[admission.limits]]`; their counters carry over rebuilds that
+    /// leave the rules as they were.
+    pub limits: Arc<limits::Limits>,
     /// When this config was loaded (start or reload).
     pub loaded: SystemTime,
 }
@@ -145,7 +149,12 @@ impl Snapshot {
         let stats = labels.iter().map(|_| Stats::default()).collect();
         let policy_stats = routing.policies.iter().map(|_| Stats::default()).collect();
         let experiments = Experiments::build(&config, &routing, old.map(|o| &*o.experiments))?;
+        let limits = match old {
+            Some(o) if o.limits.config == config.admission.limits => o.limits.clone(),
+            _ => limits::Limits::build(&config.admission.limits),
+        };
         Ok(Snapshot {
+            limits,
             paths: paths_of(&config, &routing),
             config: Arc::new(config),
             config_hash,
@@ -175,6 +184,7 @@ impl Snapshot {
             workers,
             fixed: self.fixed.clone(),
             experiments: self.experiments.clone(),
+            limits: self.limits.clone(),
             loaded: self.loaded,
         })
     }
