@@ -8,6 +8,7 @@
 #   ROUNDS=3 KEEP=1 bench/proxy.sh # more rounds; keep logs and configs
 #   BASELINE=/tmp/ol-proxy-old bench/proxy.sh  # also an older ol-proxy build,
 #                                  # same config, measured in the same rounds
+#   RUNS=limits,burst bench/proxy.sh # admission's cost and its burst test
 #
 # Run 1 ("fixed"): upstream = nginx `return 200` on a loopback port; wrk
 # (CONNS connections, DURATION s each) through ol-proxy (name inspection of
@@ -15,6 +16,13 @@
 # bare-pingora (round-robin LoadBalancer only), nginx, HAProxy, and straight
 # to the upstream. Every proxy gets one thread/worker process.
 # Run 2 ("hello"): `hello` on a real ol-worker, through ol-proxy vs direct.
+# Run 3 ("limits"): the fixed upstream through two ol-proxy instances, one
+# with [[admission.limits]] configured (concurrency and a per-tenant rate,
+# never reached) and one without: the hot-path cost of admission.
+# Run 4 ("burst"): BURST concurrent calls of `sleep` (200 ms) at once to a
+# worker allowed 4 instances and no queue, through ol-proxy with the hold
+# (admission defaults) and with hold_ms = 0 (the refusals reach the client,
+# as before the hold): calls served, errors, p50/p99.
 #
 # Printed per target: req/s, p50, p99, and the proxy process's CPU time per
 # request (utime+stime from /proc/<pid>/stat over the wrk run), then
@@ -25,7 +33,8 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-32}
-RUNS=${RUNS:-fixed,hello}
+RUNS=${RUNS:-fixed,hello,limits,burst}
+BURST=${BURST:-64}
 ROUNDS=${ROUNDS:-2} # each target is measured ROUNDS times, interleaved; the
                     # round with the least CPU per request is reported (the
                     # one least disturbed by other load on the machine)
@@ -270,4 +279,101 @@ EOF
     echo
     echo "hello: ol-proxy / baseline $(basename "$BASELINE") CPU per request: $(ratio "$(cpu_of "hello via ol-proxy")" "$(cpu_of "hello via ol-proxy baseline ($(basename "$BASELINE"))")")x"
   fi
+fi
+
+if [[ $RUNS == *limits* ]]; then
+  UP=$(free_port); OLN=$(free_port); OLNA=$(free_port); OLL=$(free_port); OLLA=$(free_port)
+  nginx_upstream "$UP"
+  for which in none limits; do
+    if [ "$which" = none ]; then port=$OLN; admin=$OLNA; else port=$OLL; admin=$OLLA; fi
+    cat >"$TMP/ol-$which.toml" <<EOF
+listen = "127.0.0.1:$port"
+threads = 1
+[admin]
+listen = "127.0.0.1:$admin"
+[workers]
+static = ["127.0.0.1:$UP"]
+[health]
+interval_ms = 1000
+EOF
+    if [ "$which" = limits ]; then
+      cat >>"$TMP/ol-$which.toml" <<EOF
+[[admission.limits]]
+functions = ["img-*"]
+max_concurrent = 8
+[[admission.limits]]
+functions = ["*"]
+key = { header = "x-tenant" }
+max_concurrent = 100000
+rate_per_s = 1000000
+burst = 1000000
+EOF
+    fi
+  done
+  RUST_LOG=warn "$BIN/ol-proxy" --config "$TMP/ol-none.toml" 2>"$TMP/ol-none.log" & PIDS+=($!); OLN_PID=$!
+  RUST_LOG=warn "$BIN/ol-proxy" --config "$TMP/ol-limits.toml" 2>"$TMP/ol-limits.log" & PIDS+=($!); OLL_PID=$!
+  alive "$OLN_PID" "$TMP/ol-none.log"; alive "$OLL_PID" "$TMP/ol-limits.log"
+  for p in "$OLN" "$OLL"; do
+    for _ in $(seq 1 100); do
+      curl -sf -o /dev/null "http://127.0.0.1:$p/run/hello" && break
+      sleep 0.05
+    done
+  done
+  cat >"$TMP/tenant.lua" <<'EOF'
+wrk.headers["x-tenant"] = "t1"
+EOF
+  for _ in $(seq 1 "$ROUNDS"); do
+    measure "ol-proxy, no limits" "http://127.0.0.1:$OLN/run/hello" "$OLN_PID" -s "$TMP/tenant.lua"
+    measure "ol-proxy, limits configured (not reached)" "http://127.0.0.1:$OLL/run/hello" "$OLL_PID" -s "$TMP/tenant.lua"
+  done
+  echo
+  echo "### Run 3: admission's cost, fixed 200 response, $CONNS connections, ${DURATION}s each, best of $ROUNDS interleaved rounds"
+  echo
+  table
+  echo
+  echo "limits configured / none, CPU per request: $(ratio "$(cpu_of "ol-proxy, limits configured (not reached)")" "$(cpu_of "ol-proxy, no limits")")x"
+  RESULTS=()
+fi
+
+if [[ $RUNS == *burst* ]]; then
+  W=$(free_port); OLH=$(free_port); OLHA=$(free_port); OL0=$(free_port); OL0A=$(free_port)
+  mkdir -p "$TMP/wb"
+  cat >"$TMP/wb.toml" <<EOF
+[instances]
+max_per_function = 4
+queue_per_function = 0
+EOF
+  "$BIN/ol-worker" --config "$TMP/wb.toml" --listen "127.0.0.1:$W" --registry "$ROOT/examples/functions" --sandbox process --work-dir "$TMP/wb" >"$TMP/wb.log" 2>&1 & PIDS+=($!)
+  wait_port "$W" /status "$TMP/wb.log"
+  for which in hold nohold; do
+    if [ "$which" = hold ]; then port=$OLH; admin=$OLHA; else port=$OL0; admin=$OL0A; fi
+    cat >"$TMP/ol-$which.toml" <<EOF
+listen = "127.0.0.1:$port"
+threads = 1
+[admin]
+listen = "127.0.0.1:$admin"
+[workers]
+static = ["127.0.0.1:$W"]
+[health]
+interval_ms = 1000
+EOF
+    if [ "$which" = nohold ]; then printf '[admission]\nhold_ms = 0\n' >>"$TMP/ol-$which.toml"; fi
+    RUST_LOG=warn "$BIN/ol-proxy" --config "$TMP/ol-$which.toml" 2>"$TMP/ol-$which.log" & PIDS+=($!)
+    alive "$!" "$TMP/ol-$which.log"
+    for _ in $(seq 1 100); do
+      curl -sf -o /dev/null -d '{"ms": 1}' "http://127.0.0.1:$port/run/sleep" && break
+      sleep 0.05
+    done
+  done
+  # Four warm instances first: the burst meets busy instances, not cold starts.
+  python3 bench/burst.py "$W" /run/sleep '{"ms": 300}' 4 >/dev/null
+  echo
+  echo "### Run 4: burst of $BURST concurrent \`sleep\` (200 ms) calls, worker at 4 instances and no queue, $ROUNDS rounds"
+  echo
+  echo "| target | round | result |"
+  echo "|---|---:|---|"
+  for r in $(seq 1 "$ROUNDS"); do
+    echo "| with the hold (admission defaults) | $r | $(python3 bench/burst.py "$OLH" /run/sleep '{"ms": 200}' "$BURST") |"
+    echo "| hold_ms = 0 (refusals reach the client) | $r | $(python3 bench/burst.py "$OL0" /run/sleep '{"ms": 200}' "$BURST") |"
+  done
 fi

@@ -38,18 +38,19 @@ struct Cli {
     check: bool,
 }
 
-/// Where the embedded quickstart's paths (`examples/functions`) are: the
-/// checkout this executable was built in (`target/<profile>/ol-proxy`),
-/// else the source tree it was compiled from.
+/// The directory the embedded quickstart's relative paths are taken from:
+/// `config/` (where the file lives) of the checkout this executable was
+/// built in (`target/<profile>/ol-proxy`), else of the source tree it was
+/// compiled from.
 fn install_dir() -> PathBuf {
     let exe = std::env::current_exe().ok();
     let built_in = exe
         .iter()
         .flat_map(|e| e.ancestors())
-        .find(|d| d.join("examples/functions").is_dir());
+        .find(|d| d.join("config/quickstart.toml").is_file());
     match built_in {
-        Some(d) => d.to_path_buf(),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
+        Some(d) => d.join("config"),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../config")),
     }
 }
 

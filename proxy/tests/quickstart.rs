@@ -226,6 +226,30 @@ fn the_quickstart_and_a_config_with_relative_paths_work_from_another_directory()
     assert_eq!(r.status, 200, "{}\n{}", r.text(), p.log_text());
     drop(p);
 
+    // The same file given with --config (as scripts/run.sh does).
+    let ports = Ports::new();
+    let listen = format!("127.0.0.1:{}", ports.listen);
+    let admin = format!("127.0.0.1:{}", ports.admin);
+    let file = repo_root().join("config/quickstart.toml");
+    let dir = temp_dir("quickstart-file-elsewhere");
+    let p = start_proxy_in(
+        &elsewhere,
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--admin",
+            &admin,
+        ],
+        &ports,
+        &dir,
+    );
+    wait_healthy(ports.admin, "", 2);
+    let r = http(ports.listen, "POST", "/run/hello", &[], br#"{"name": "z"}"#);
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), p.log_text());
+    drop(p);
+
     // A config file whose registry is relative to the file, not to the
     // working directory.
     let conf_dir = temp_dir("relative-config");
