@@ -12,16 +12,6 @@ use common::*;
 
 const FAST_HEALTH: &str = "[health]\ninterval_ms = 100\nrise = 1\nfall = 1\n";
 
-/// A metric's value from `/metrics` (the first line starting with `prefix`).
-fn metric(admin: u16, prefix: &str) -> f64 {
-    let m = http(admin, "GET", "/metrics", &[], b"").text();
-    m.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{m}"))
-}
-
 /// Calls sent before any worker was up all got 503 at once. Now they wait
 /// in the hold and are served when the worker's first health check passes.
 #[test]

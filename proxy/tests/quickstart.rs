@@ -8,26 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Pids whose parent is `ppid`.
-fn children(ppid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let parent: i32 = after.split(' ').nth(1).unwrap().parse().unwrap();
-        if parent == ppid {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {

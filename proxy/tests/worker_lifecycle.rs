@@ -14,16 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A metric's value from `/metrics` (the first line starting with `prefix`).
-fn metric(admin: u16, prefix: &str) -> f64 {
-    let m = http(admin, "GET", "/metrics", &[], b"").text();
-    m.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{m}"))
-}
-
 /// SIGTERM used to close the worker's port at once. Now it drains: while
 /// a call is open (and for `drain_ms`), `/status` says `draining` with
 /// 503 and a new call is refused with `x-ol-refused: draining`; the open
@@ -120,25 +110,6 @@ fn the_proxy_takes_a_draining_worker_out_at_its_first_refusal() {
         (wa["healthy"].as_bool(), wa["draining"].as_bool()),
         (Some(false), Some(true))
     );
-}
-
-/// The local workers' pids (children of the proxy).
-fn children(ppid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let parent: i32 = after.split(' ').nth(1).unwrap().parse().unwrap();
-        if parent == ppid && !after.starts_with('Z') {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// A rolling restart of both quickstart workers (SIGTERM one, wait for

@@ -494,3 +494,33 @@ pub fn fake_upstream(handler: fn(&mut TcpStream, &[u8])) -> Fake {
     });
     Fake { port, conns }
 }
+
+/// A metric's value from `/metrics` (the first line starting with `prefix`).
+pub fn metric(admin: u16, prefix: &str) -> f64 {
+    let m = http(admin, "GET", "/metrics", &[], b"").text();
+    m.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{m}"))
+}
+
+/// Live (not zombie) processes whose parent is `ppid`.
+pub fn children(ppid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let parent: i32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+        if parent == ppid && !after.starts_with('Z') {
+            out.push(pid);
+        }
+    }
+    out
+}
