@@ -722,6 +722,17 @@ impl ProxyConfig {
                     "must be a header, cookie or query value (limits never read the body)",
                 ));
             }
+            // The first rule that matches applies, so a second with the
+            // same list is dead (and would share its metrics label).
+            if let Some(j) = a.limits[..i]
+                .iter()
+                .position(|e| e.functions == l.functions)
+            {
+                return Err(Invalid::new(
+                    at("functions"),
+                    format!("the same list as admission.limits.{j}, which always matches first"),
+                ));
+            }
             if l.burst > 1_000_000 || l.rate_per_s > 1_000_000 {
                 return Err(Invalid::new(
                     at("rate_per_s"),
@@ -881,5 +892,11 @@ policy = "round-robin"
         assert!(e.starts_with("p.toml:3: paths.0.policy:"), "{e}");
         let e = err("listen = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:1\"\n");
         assert!(e.starts_with("p.toml:3: admin.listen:"), "{e}");
+        let rule = "[[admission.limits]]\nfunctions = [\"a*\"]\nmax_concurrent = 1\n";
+        let e = err(&format!("{rule}{rule}"));
+        assert!(
+            e.contains("admission.limits.1.functions: the same list as admission.limits.0"),
+            "{e}"
+        );
     }
 }

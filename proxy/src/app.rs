@@ -48,6 +48,7 @@ impl ShutdownSignalWatch for Signals {
             _ = int.recv() => {}
             _ = quit.recv() => {}
         }
+        local::shutting_down();
         tracing::info!("signal received: draining for up to the shutdown grace");
         ShutdownSignal::GracefulTerminate
     }

@@ -243,6 +243,9 @@ fn concurrency_and_rate_limits_answer_429_with_retry_after() {
         *by_status.entry(r.status).or_insert(0) += 1;
     }
     assert_eq!(by_status, [(200, 2), (429, 4)].into_iter().collect());
+    // Warm `hello` (another tenant's bucket) so the timed loop is fast.
+    let warm = [("x-tenant", "warm-up")];
+    assert_eq!(http(listen, "POST", "/run/hello", &warm, b"{}").status, 200);
     let served_before = worker_2xx(wp[0]);
 
     let t = Instant::now();
@@ -266,9 +269,14 @@ fn concurrency_and_rate_limits_answer_429_with_retry_after() {
             s => panic!("{s}: {}", r.text()),
         }
     }
-    // The burst of 5, and one more per whole second the loop took.
-    let refilled = t.elapsed().as_secs();
-    assert_eq!(ok, 5 + refilled, "{ok} served, {over} refused");
+    // The burst of 5, and at most one more per second the loop took.
+    let refilled = t.elapsed().as_secs_f64().ceil() as u64;
+    assert!(
+        (5..=5 + refilled).contains(&ok) && ok + over == 8,
+        "{ok} served, {over} refused in {:?}",
+        t.elapsed()
+    );
+    assert!(over > 0 || refilled >= 3, "nothing refused: {ok} served");
     assert_eq!(
         http(
             ports.listen,

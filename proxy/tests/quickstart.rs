@@ -87,6 +87,32 @@ fn sigint_also_drains_and_stops() {
     assert!(wait_gone(&kids, Duration::from_secs(3)));
 }
 
+/// Ctrl-C at a terminal signals the whole foreground process group. The
+/// local workers are in a group of their own, so only the proxy hears
+/// it: it drains (the open call finishes), then stops them, and restarts
+/// none on the way out. Before, the workers got SIGINT too and the
+/// supervisor started them again during the drain.
+#[test]
+fn ctrl_c_to_the_process_group_drains_and_restarts_no_worker() {
+    let (ports, mut p) = start_quickstart();
+    let kids = children(p.pid());
+    assert_eq!(kids.len(), 2);
+    let port = ports.listen;
+    let slow =
+        std::thread::spawn(move || http(port, "POST", "/run/sleep", &[], br#"{"ms": 1500}"#));
+    std::thread::sleep(Duration::from_millis(400));
+    // SAFETY: kill(2) on the proxy's own process group (it leads it).
+    unsafe {
+        libc::kill(-p.pid(), libc::SIGINT);
+    }
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "drained: {}", r.text());
+    assert!(p.wait_exit(Duration::from_secs(8)).is_some());
+    assert!(wait_gone(&kids, Duration::from_secs(3)));
+    let log = p.log_text();
+    assert!(!log.contains("started again"), "{log}");
+}
+
 #[test]
 fn kill_9_leaves_no_orphans() {
     let (_ports, mut p) = start_quickstart();

@@ -30,7 +30,7 @@ fn a_draining_worker_refuses_new_calls_and_finishes_open_ones() {
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     w.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(100));
+    wait_draining(port);
     let s = http(port, "GET", "/status", &[], b"");
     assert_eq!((s.status, s.text().trim()), (503, "draining"));
     let r = http(port, "POST", "/run/hello", &[], b"{}");
@@ -73,12 +73,7 @@ fn the_proxy_takes_a_draining_worker_out_at_its_first_refusal() {
         );
     }
     a.signal(libc::SIGTERM);
-    // Wait for the drain to start (its /status says so).
-    let end = Instant::now() + Duration::from_secs(5);
-    while http(pa, "GET", "/status", &[], b"").status != 503 {
-        assert!(Instant::now() < end, "worker a never started draining");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_draining(pa);
     let b_key = format!("127.0.0.1:{pb}");
     for i in 0..10 {
         let r = http(ports.listen, "POST", "/run/hello", &[], b"{}");
@@ -110,6 +105,55 @@ fn the_proxy_takes_a_draining_worker_out_at_its_first_refusal() {
         (wa["healthy"].as_bool(), wa["draining"].as_bool()),
         (Some(false), Some(true))
     );
+}
+
+/// Waits until the worker at `port` says it is draining (its `/status`).
+fn wait_draining(port: u16) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while http(port, "GET", "/status", &[], b"").status != 503 {
+        assert!(Instant::now() < end, "worker {port} never started draining");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// With health checks off, a worker that drained is still asked how it
+/// is (and only it), so after its restart it gets calls again. Before, it
+/// stayed out for good: only a health check could bring it back.
+#[test]
+fn with_health_checks_off_a_drained_worker_returns_after_its_restart() {
+    let (pa, pb) = (free_port(), free_port());
+    let reg = registry();
+    let mut a = start_worker_with(pa, reg.to_str().unwrap(), &["--drain-ms", "300"]);
+    let _b = start_worker(pb);
+    let ports = Ports::new();
+    let extra = "[health]\nenabled = false\ninterval_ms = 100\nrise = 1\n\
+                 [routing]\ndefault_policy = \"round-robin\"\n";
+    let _p = start_proxy(&config(&ports, &[pa, pb], extra), &ports);
+    wait_healthy(ports.admin, "", 2);
+    let (a_key, b_key) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    a.signal(libc::SIGTERM);
+    wait_draining(pa);
+    for i in 0..4 {
+        let r = http(ports.listen, "POST", "/run/hello", &[], b"{}");
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+        assert_eq!(r.header("x-ol-worker"), Some(b_key.as_str()), "call {i}");
+    }
+    a.wait_exit(Duration::from_secs(8))
+        .expect("a exits after draining");
+    let _a = start_worker(pa);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http(ports.listen, "POST", "/run/hello", &[], b"{}");
+        assert_eq!(r.status, 200, "{}", r.text());
+        if r.header("x-ol-worker") == Some(a_key.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the restarted worker never got a call again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A rolling restart of both quickstart workers (SIGTERM one, wait for
@@ -144,10 +188,13 @@ fn a_rolling_restart_of_the_quickstart_workers_under_load_loses_no_call() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
+    // Each round stops a worker not restarted yet (pids say which: a
+    // restart is a new child), so both slots are restarted once.
+    let mut restarted: Vec<i32> = Vec::new();
     for round in 0..2 {
         let kids = children(p.pid());
         assert_eq!(kids.len(), 2, "round {round}: {kids:?}");
-        let victim = kids[round % kids.len()];
+        let victim = *kids.iter().find(|k| !restarted.contains(k)).unwrap();
         unsafe {
             libc::kill(victim, libc::SIGTERM);
         }
@@ -156,6 +203,7 @@ fn a_rolling_restart_of_the_quickstart_workers_under_load_loses_no_call() {
         loop {
             let now = children(p.pid());
             if now.len() == 2 && !now.contains(&victim) && healthy_count(ports.admin, "") == 2 {
+                restarted.extend(now.iter().filter(|k| !kids.contains(k)));
                 break;
             }
             assert!(

@@ -359,6 +359,8 @@ fn plain_f_replies_cannot_forge_status_or_headers() {
         );
         assert_eq!(r.header("x-ol-cache"), None, "{:?}", r.headers);
         assert_eq!(r.header("upgrade"), None, "{:?}", r.headers);
+        // The function's doing: it must not count toward ejecting the worker.
+        assert_eq!(r.header("x-ol-error"), Some("function"), "{:?}", r.headers);
     }
     let body = format!(r#"{{"status": 203, "headers": {bad}}}"#);
     let r = w.post("/run/forger", body.as_bytes());

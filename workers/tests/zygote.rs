@@ -125,6 +125,9 @@ fn unpinned_and_missing_packages_fail_clearly() {
         "pip's message in the error: {line}"
     );
     assert_eq!(r.body.trim().lines().count(), 1, "{}", r.body);
+    // The pins are the function's choice: its failed install must not
+    // count against the worker (or a function could get workers ejected).
+    assert_eq!(r.header("x-ol-error"), Some("function"), "{:?}", r.headers);
     // Nothing half-installed in the store; the same error comes back at
     // once (remembered for retry_after_ms), without hanging.
     assert!(!w

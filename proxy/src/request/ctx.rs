@@ -61,6 +61,9 @@ pub struct Ctx {
     /// name), for the hold.
     pub(super) function_key: u64,
     pub(super) function: String,
+    /// A function call (`/run/` or gRPC), not a `[[paths]]` forward: only
+    /// these answer for their worker toward ejection.
+    pub(super) function_call: bool,
     /// Refusals by workers so far (`x-ol-refused`); `Some` while the last
     /// attempt's refusal is being turned into a retry: where it goes next.
     pub(super) refusals: u32,
@@ -114,6 +117,7 @@ impl Ctx {
             limit_slot: None,
             function_key: 0,
             function: String::new(),
+            function_call: false,
             refusals: 0,
             after_refusal: None,
             sweep: false,

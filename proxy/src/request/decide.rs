@@ -229,6 +229,7 @@ fn choose_policy(ctx: &mut Ctx, snap: &Snapshot, call: &Call, req: &RequestHeade
     }
     ctx.route = route;
     ctx.policy = policy;
+    ctx.function_call = !matches!(call, Call::Path { .. });
     ctx.policy_header = Some(match ctx.arm {
         Some((e, a)) => snap.experiments.arm(e, a).header.clone(),
         None => snap.routing.policies[policy].header.clone(),

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use config::wire::{Timing, LEVEL_WORKER, REFUSED_DRAINING, X_OL_ERROR, X_OL_REFUSED, X_OL_TIMING};
+use config::wire::{Timing, REFUSED_DRAINING, X_OL_REFUSED, X_OL_TIMING};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -403,9 +403,9 @@ impl ProxyHttp for OlProxy {
 }
 
 /// What the worker's response head says about the worker itself: a
-/// `draining` refusal takes it out of rotation at once; its own
-/// 502/503/504 is a platform failure toward ejection; any other answer
-/// ends a failure streak (`state::outliers`).
+/// `draining` refusal takes it out of rotation at once; for a function
+/// call, its own 502/503/504 is a platform failure toward ejection and
+/// any other answer ends a failure streak (`outliers::outcome_of`).
 fn note_outcome(ctx: &Ctx, resp: &ResponseHeader) {
     let (Some(snap), Some(i)) = (&ctx.snap, ctx.worker) else {
         return;
@@ -420,15 +420,10 @@ fn note_outcome(ctx: &Ctx, resp: &ResponseHeader) {
         }
         return;
     }
-    let status = resp.status.as_u16();
-    let platform = matches!(status, 502..=504)
-        && resp
-            .headers
-            .get(X_OL_ERROR)
-            .is_some_and(|v| v.as_bytes() == LEVEL_WORKER.as_bytes());
-    let outcome = match platform {
-        true => outliers::Outcome::PlatformFailure,
-        false => outliers::Outcome::Answered,
+    let Some(outcome) =
+        outliers::outcome_of(ctx.function_call, resp.status.as_u16(), &resp.headers)
+    else {
+        return;
     };
     if outliers::record(&snap.workers, i, outcome, &snap.config.outliers, now_ms()).is_some() {
         snap.routing.table.set_healthy(i, false);

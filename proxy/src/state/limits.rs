@@ -9,8 +9,9 @@
 //!   the map at zero, so it holds at most the calls in flight.
 //! - Rate: governor's keyed GCRA token bucket per rule, `rate_per_s`
 //!   refill and `burst` size. Keys a client makes up cannot grow it
-//!   without bound: past [`MAX_RATE_KEYS`] the idle ones (indistinguishable
-//!   from a fresh bucket) are dropped, at most once a second.
+//!   without bound: at [`MAX_RATE_KEYS`] the idle ones (indistinguishable
+//!   from a fresh bucket) are dropped, at most once a second, and while
+//!   the map stays full every call of a function shares one bucket.
 //!
 //! Keys are hashed with a per-process random SipHash key, so a client
 //! cannot aim key values at one counter. The limits live in the snapshot
@@ -129,6 +130,8 @@ impl Limits {
         let mut h = self.hasher.build_hasher();
         h.write(function.as_bytes());
         h.write_u8(0xff);
+        // A key's value (even an empty cookie) never hashes as no key.
+        h.write_u8(u8::from(value.is_some()));
         h.write(value.unwrap_or_default());
         let key = h.finish();
         let whose = match value {
@@ -159,7 +162,11 @@ impl Limits {
             }
         };
         if let Some(rate) = &rule.rate {
-            if let Err(not_until) = rate.check_key(&key) {
+            let rate_key = match room_for_a_key(rule, rate) {
+                true => key,
+                false => self.overflow_key(function),
+            };
+            if let Err(not_until) = rate.check_key(&rate_key) {
                 rule.over_rate.fetch_add(1, Relaxed);
                 let wait = not_until.wait_time_from(rate.clock().now());
                 let secs = wait.as_secs_f64().ceil().max(1.0) as u32;
@@ -171,9 +178,16 @@ impl Limits {
                     retry_after: secs,
                 });
             }
-            sweep(rule, rate);
         }
         Ok(slot)
+    }
+
+    /// The one bucket a function's calls share while a rule's map is full.
+    fn overflow_key(&self, function: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write(function.as_bytes());
+        h.write_u8(0xfe);
+        h.finish()
     }
 
     /// Calls in flight under rule `i` (`/metrics`).
@@ -186,10 +200,15 @@ impl Limits {
     }
 }
 
-/// Drops idle rate buckets once a rule holds more than [`MAX_RATE_KEYS`].
-fn sweep(rule: &Rule, rate: &DefaultKeyedRateLimiter<u64>) {
-    if rate.len() <= MAX_RATE_KEYS {
-        return;
+/// Whether the rule's rate map may take another key: below
+/// [`MAX_RATE_KEYS`], or after dropping the idle buckets (at most once a
+/// second; a sweep of a full map takes a few milliseconds on the request
+/// that runs it). When it stays full, new and old keys alike share one
+/// bucket per function until keys go idle: bounded memory, and a flood of
+/// made-up keys is limited as one caller.
+fn room_for_a_key(rule: &Rule, rate: &DefaultKeyedRateLimiter<u64>) -> bool {
+    if rate.len() < MAX_RATE_KEYS {
+        return true;
     }
     let now = crate::state::warm::now_ms();
     let last = rule.swept_ms.load(Relaxed);
@@ -202,6 +221,7 @@ fn sweep(rule: &Rule, rate: &DefaultKeyedRateLimiter<u64>) {
         rate.retain_recent();
         rate.shrink_to_fit();
     }
+    rate.len() < MAX_RATE_KEYS
 }
 
 /// "header x-tenant" and so on, for a reason line.
@@ -272,5 +292,24 @@ mod tests {
             over.reason
         );
         assert!(l.admit("g", &r).is_ok(), "each function has its bucket");
+    }
+
+    #[test]
+    fn made_up_keys_cannot_grow_the_rate_map_past_its_cap_or_escape_the_rate() {
+        let l = Limits::build(&[LimitConfig {
+            functions: vec!["*".into()],
+            key: Some(KeySource::Header("x-tenant".into())),
+            rate_per_s: 1,
+            burst: 1000,
+            ..LimitConfig::default()
+        }]);
+        let mut admitted = 0;
+        for n in 0..MAX_RATE_KEYS + 5000 {
+            admitted += usize::from(l.admit("f", &req(Some(&n.to_string()))).is_ok());
+        }
+        let rate = l.rules[0].rate.as_ref().unwrap();
+        assert!(rate.len() <= MAX_RATE_KEYS + 1, "{} buckets", rate.len());
+        // Past the cap the new keys shared one bucket: its burst, no more.
+        assert!(admitted <= MAX_RATE_KEYS + 1000, "{admitted} admitted");
     }
 }

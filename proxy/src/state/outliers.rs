@@ -22,6 +22,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use config::proxy::OutliersConfig;
+use config::wire::{LEVEL_WORKER, X_OL_ERROR};
 use policies::Picks;
 
 use super::workers::Worker;
@@ -96,6 +97,29 @@ pub enum Outcome {
     Answered,
 }
 
+/// What the head of a function call's answer says about its worker:
+/// its own 502/503/504 (gRPC: UNAVAILABLE or DEADLINE_EXCEEDED in a
+/// trailers-only answer), marked `x-ol-error: worker`, is a platform
+/// failure; anything else answers. `None` for a `[[paths]]` forward
+/// (`function_call` false): an upload's "busy" is not the worker failing
+/// calls. Refusals are taken apart before this (they say nothing).
+pub fn outcome_of(function_call: bool, status: u16, headers: &http::HeaderMap) -> Option<Outcome> {
+    if !function_call {
+        return None;
+    }
+    let by_worker = headers
+        .get(X_OL_ERROR)
+        .is_some_and(|v| v.as_bytes() == LEVEL_WORKER.as_bytes());
+    let failed = match headers.get("grpc-status") {
+        Some(code) => matches!(code.as_bytes(), b"14" | b"4"),
+        None => matches!(status, 502..=504),
+    };
+    Some(match by_worker && failed {
+        true => Outcome::PlatformFailure,
+        false => Outcome::Answered,
+    })
+}
+
 /// Notes one call's outcome on worker `i` of `workers`; `Some(ms)` when
 /// it ejects the worker for that long (the caller takes it out of the
 /// policies' table).
@@ -118,7 +142,8 @@ pub fn record(
         }
         return None;
     }
-    if cfg.consecutive_failures == 0 || o.ejected(now) {
+    let until = o.until.load(Relaxed);
+    if cfg.consecutive_failures == 0 || until > now {
         return None;
     }
     let n = o.failures.fetch_add(1, Relaxed) + 1;
@@ -131,14 +156,29 @@ pub fn record(
     if n < needed {
         return None;
     }
-    let out = workers.iter().filter(|w| w.outlier.ejected(now)).count();
-    if (out + 1) * 100 > workers.len() * cfg.max_ejected_percent as usize {
+    // Workers out for any reason (unhealthy, draining, ejected) count
+    // toward the cap, and the last routable one always stays: a failing
+    // worker is better than none.
+    let others_out = (workers.iter().enumerate())
+        .filter(|&(j, w)| j != i && !w.routable(now))
+        .count();
+    if (others_out + 1) * 100 > workers.len() * cfg.max_ejected_percent as usize
+        || others_out + 1 >= workers.len()
+    {
         return None;
     }
-    let k = o.ejections.fetch_add(1, Relaxed).min(20);
+    let k = o.ejections.load(Relaxed).min(20);
     let ms = cfg.eject_ms.saturating_mul(1 << k).min(cfg.max_eject_ms);
+    // Failures seen at once race here: one of them ejects, the others
+    // find it done.
+    if o.until
+        .compare_exchange(until, now + ms, Relaxed, Relaxed)
+        .is_err()
+    {
+        return None;
+    }
+    o.ejections.fetch_add(1, Relaxed);
     o.failures.store(0, Relaxed);
-    o.until.store(now + ms, Relaxed);
     o.ejected_total.fetch_add(1, Relaxed);
     tracing::warn!(
         "worker {} ejected for {ms} ms after {n} platform failure{} in a row (ejection {} in a row)",
@@ -211,6 +251,102 @@ mod tests {
             None,
             "recovered: a streak again"
         );
+    }
+
+    #[test]
+    fn the_cap_counts_workers_out_for_any_reason_and_keeps_the_last_one() {
+        let cfg = OutliersConfig {
+            consecutive_failures: 1,
+            eject_ms: 100,
+            max_eject_ms: 100,
+            max_ejected_percent: 50,
+        };
+        let fail = Outcome::PlatformFailure;
+        let ws = workers(4);
+        assert!(ws[1].drain());
+        assert_eq!(record(&ws, 0, fail, &cfg, 10), Some(100), "2 of 4 out");
+        assert_eq!(
+            record(&ws, 2, fail, &cfg, 10),
+            None,
+            "a third out (one draining, one ejected) is past 50%"
+        );
+        // Even at 100%, the last routable worker stays: a failing worker
+        // beats none.
+        let all = OutliersConfig {
+            max_ejected_percent: 100,
+            ..cfg
+        };
+        let ws = workers(2);
+        ws[1].record_check(false, 1, 1);
+        assert!(!ws[1].routable(10));
+        assert_eq!(record(&ws, 0, fail, &all, 10), None);
+        assert!(ws[0].routable(10));
+    }
+
+    #[test]
+    fn failures_at_once_eject_a_worker_once() {
+        let cfg = OutliersConfig {
+            consecutive_failures: 1,
+            eject_ms: 1000,
+            max_eject_ms: 100_000,
+            max_ejected_percent: 50,
+        };
+        for _ in 0..200 {
+            let ws = Arc::new(workers(4));
+            let barrier = Arc::new(std::sync::Barrier::new(4));
+            let ejections: usize = (0..4)
+                .map(|_| {
+                    let (ws, barrier, cfg) = (ws.clone(), barrier.clone(), cfg.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        (0..50)
+                            .filter(|_| {
+                                record(&ws, 0, Outcome::PlatformFailure, &cfg, 10).is_some()
+                            })
+                            .count()
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .sum();
+            assert_eq!(ejections, 1);
+            assert_eq!(ws[0].outlier.ejected_total.load(Relaxed), 1);
+            assert_eq!(
+                ws[0].outlier.ejections.load(Relaxed),
+                1,
+                "the back-off counts one"
+            );
+        }
+    }
+
+    #[test]
+    fn only_function_calls_answer_for_their_worker() {
+        use http::{HeaderMap, HeaderValue};
+        let mut worker = HeaderMap::new();
+        worker.insert(X_OL_ERROR, HeaderValue::from_static(LEVEL_WORKER));
+        let mut function = HeaderMap::new();
+        function.insert(X_OL_ERROR, HeaderValue::from_static("function"));
+        let fail = Some(Outcome::PlatformFailure);
+        let ok = Some(Outcome::Answered);
+        assert_eq!(outcome_of(true, 503, &worker), fail);
+        assert_eq!(outcome_of(true, 502, &function), ok);
+        assert_eq!(outcome_of(true, 500, &worker), ok);
+        assert_eq!(outcome_of(true, 200, &HeaderMap::new()), ok);
+        // A `[[paths]]` forward (an upload's 503 "busy", say) says nothing.
+        assert_eq!(outcome_of(false, 503, &worker), None);
+        assert_eq!(outcome_of(false, 200, &HeaderMap::new()), None);
+        // gRPC: a trailers-only answer carries its status in the head.
+        let mut grpc = worker.clone();
+        grpc.insert("grpc-status", HeaderValue::from_static("14"));
+        assert_eq!(outcome_of(true, 200, &grpc), fail);
+        grpc.insert("grpc-status", HeaderValue::from_static("4"));
+        assert_eq!(outcome_of(true, 200, &grpc), fail);
+        grpc.insert("grpc-status", HeaderValue::from_static("13"));
+        assert_eq!(outcome_of(true, 200, &grpc), ok);
+        let mut by_function = function.clone();
+        by_function.insert("grpc-status", HeaderValue::from_static("14"));
+        assert_eq!(outcome_of(true, 200, &by_function), ok);
     }
 
     #[test]

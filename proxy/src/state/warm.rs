@@ -77,6 +77,13 @@ impl WorkerWarm {
         self.until[victim].store(until, Relaxed);
     }
 
+    /// Forgets every entry (the worker restarted: nothing is warm).
+    pub fn clear(&self) {
+        for u in &self.until {
+            u.store(0, Relaxed);
+        }
+    }
+
     /// Entries not yet expired.
     pub fn live(&self, now: u64) -> usize {
         self.until.iter().filter(|u| u.load(Relaxed) > now).count()

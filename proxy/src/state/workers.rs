@@ -140,6 +140,9 @@ impl Worker {
                 self.healthy.store(true, Ordering::Relaxed);
                 self.draining.store(false, Ordering::Relaxed);
                 if !first {
+                    // Back after a fall or a drain, most likely restarted:
+                    // what it held warm is gone.
+                    self.warm.clear();
                     self.outlier.came_back(super::warm::now_ms());
                 }
                 return Some(true);
@@ -207,8 +210,10 @@ mod tests {
         assert_eq!(w.record_check(false, 2, 2), None);
         assert_eq!(w.record_check(false, 2, 2), Some(false));
         assert!(!w.healthy());
+        w.warm.record(7, u64::MAX);
         assert_eq!(w.record_check(true, 2, 2), None);
         assert_eq!(w.record_check(true, 2, 2), Some(true));
+        assert!(!w.warm.contains(7, 1), "back after a fall: nothing warm");
     }
 
     #[test]

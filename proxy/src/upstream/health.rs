@@ -47,9 +47,10 @@ impl Background {
         let h = &snap.config.health;
         let timeout = Duration::from_millis(h.timeout_ms);
         let check: Arc<dyn HealthCheck> = Arc::from(health_check(h));
-        // With health checks off there is nothing to ask; ejections still end.
-        let asked = if h.enabled { &snap.workers[..] } else { &[] };
-        let checks = asked.iter().map(|w| {
+        // With health checks off, only a worker that said it is draining
+        // is asked (else it would never come back); ejections still end.
+        let asked = snap.workers.iter().filter(|w| h.enabled || w.is_draining());
+        let checks = asked.map(|w| {
             let w = w.clone();
             let check = check.clone();
             let (rise, fall) = (h.rise, h.fall);

@@ -10,6 +10,10 @@
 //! one worker listens; if every worker exits first, or none listens within
 //! `local_workers.start_timeout_ms`, it fails with their reasons.
 //!
+//! Each worker runs in its own process group, so a terminal's Ctrl-C
+//! reaches the proxy only; from its shutdown signal on, exits are not
+//! restarted, and after its drain it stops the workers itself.
+//!
 //! No orphans: each child gets `PR_SET_PDEATHSIG(SIGKILL)` in `pre_exec`,
 //! so it dies even if the proxy is killed with -9; on a normal exit the
 //! proxy sends SIGTERM, waits a moment, then SIGKILL. PDEATHSIG fires when
@@ -125,6 +129,10 @@ pub fn start(cfg: &LocalWorkersConfig, registry_token: &str) -> Result<Vec<Socke
         if !registry_token.is_empty() {
             cmd.env("OL_REGISTRY_TOKEN", registry_token);
         }
+        // Their own process group: Ctrl-C at a terminal signals the
+        // foreground group, and the workers must hear of the shutdown from
+        // the proxy (after its drain), not at once, mid-call.
+        cmd.process_group(0);
         cmd.arg("--listen")
             .arg(addr.to_string())
             .arg("--registry")
@@ -225,10 +233,13 @@ fn supervise(
 ) {
     let mut first = Some(first);
     loop {
-        let stopping = STOPPING.load(Ordering::Relaxed);
+        let mut stopping = false;
         let mut running = 0;
         for s in &slots {
             let mut run = s.run.lock().unwrap_or_else(|e| e.into_inner());
+            // Read under the slot's lock: `stop_all` sets it before it
+            // takes the lock, so no worker is started behind its back.
+            stopping = STOPPING.load(Ordering::Relaxed);
             reap(s, &mut run, stopping, max_backoff);
             if run.child.is_none()
                 && !stopping
@@ -370,6 +381,12 @@ fn exit_line(status: ExitStatus, last: &str) -> String {
     } else {
         format!("{how}: {last}")
     }
+}
+
+/// The proxy got its shutdown signal: from now on an exit is not
+/// restarted (the workers are stopped by [`stop_all`] after the drain).
+pub fn shutting_down() {
+    STOPPING.store(true, Ordering::Relaxed);
 }
 
 /// Stops every local worker: SIGTERM, up to `grace`, then SIGKILL.

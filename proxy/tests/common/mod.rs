@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -233,6 +234,9 @@ pub fn spawn_proxy_in(cwd: &std::path::Path, args: &[&str], dir: &std::path::Pat
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
+        // Its own group, as a shell job: a test can signal the group
+        // (a terminal's Ctrl-C) without signalling itself.
+        .process_group(0)
         .spawn()
         .expect("start ol-proxy");
     Proc {

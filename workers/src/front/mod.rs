@@ -184,12 +184,15 @@ pub async fn serve(
         "draining: new calls are refused"
     );
     let started = tokio::time::Instant::now();
+    // Open calls get the longer of the grace and the linger: the port is
+    // open that long anyway.
+    let wait = grace.max(linger);
     let calls = async {
-        if tokio::time::timeout(grace, front.drain.idle())
+        if tokio::time::timeout(wait, front.drain.idle())
             .await
             .is_err()
         {
-            tracing::warn!("calls still open after the {grace:?} grace period; closing anyway");
+            tracing::warn!("calls still open after {wait:?} of draining; closing anyway");
         }
     };
     let drained = async { tokio::join!(calls, tokio::time::sleep_until(started + linger)) };

@@ -59,7 +59,8 @@ pub fn check(name: &str, mut reply: Reply, tracebacks: Tracebacks) -> Result<Rep
                 "function {name} answered status {}; the worker passes on only final statuses 200-599",
                 reply.status
             ),
-        ));
+        )
+        .by_function());
     }
     let marked = reply
         .headers

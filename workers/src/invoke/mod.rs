@@ -109,12 +109,14 @@ impl From<RegistryError> for CallError {
 impl From<SandboxError> for CallError {
     fn from(e: SandboxError) -> Self {
         use config::wire::{LEVEL_FUNCTION, LEVEL_WORKER};
-        // Loading, crashing and timing out are the function's doing (its
-        // import, its exit, its loop); setting a sandbox up is the worker's.
+        // Loading, crashing, timing out and installing its pins are the
+        // function's doing (its import, its exit, its loop, its
+        // requirements.txt); setting a sandbox up is the worker's.
         let (status, detail, level) = match &e {
             SandboxError::Load { log, .. } => (500, log.clone(), LEVEL_FUNCTION),
             SandboxError::Timeout { .. } => (504, String::new(), LEVEL_FUNCTION),
             SandboxError::Crashed(_) => (502, String::new(), LEVEL_FUNCTION),
+            SandboxError::Packages { .. } => (502, String::new(), LEVEL_FUNCTION),
             SandboxError::Setup(_) => (502, String::new(), LEVEL_WORKER),
         };
         CallError {

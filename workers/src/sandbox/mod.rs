@@ -310,6 +310,11 @@ pub enum SandboxError {
     /// The sandbox could not be set up (502).
     #[error("sandbox: {0}")]
     Setup(String),
+    /// The function's pinned packages could not be installed (502). The
+    /// pins are the author's choice, so this counts against the function,
+    /// not the worker.
+    #[error("function {name}: {line}")]
+    Packages { name: String, line: String },
 }
 
 impl SandboxError {

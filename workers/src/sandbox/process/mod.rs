@@ -606,7 +606,8 @@ impl SandboxManager for ProcessManager {
 
 /// Maps a package problem to the call's error: a bad `requirements.txt`
 /// is the function's fault (500, like a bad `ol.yaml`); a failed install
-/// means the sandbox could not be prepared (502).
+/// is a 502, still the function's (it chose the pins: a hostile one could
+/// otherwise pin nothing installable and get workers ejected).
 fn package_error(code: &CodeVersion, e: PackageError) -> SandboxError {
     match e {
         PackageError::Requirements(reason) => SandboxError::Load {
@@ -614,8 +615,9 @@ fn package_error(code: &CodeVersion, e: PackageError) -> SandboxError {
             reason,
             log: String::new(),
         },
-        PackageError::Install(line) => {
-            SandboxError::Setup(format!("function {}: {line}", code.name))
-        }
+        PackageError::Install(line) => SandboxError::Packages {
+            name: code.name.clone(),
+            line,
+        },
     }
 }
