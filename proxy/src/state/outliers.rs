@@ -107,14 +107,18 @@ pub fn outcome_of(function_call: bool, status: u16, headers: &http::HeaderMap) -
     if !function_call {
         return None;
     }
-    let by_worker = headers
-        .get(X_OL_ERROR)
-        .is_some_and(|v| v.as_bytes() == LEVEL_WORKER.as_bytes());
+    // Every response passes here: `x-ol-error` is looked up only for a
+    // failure.
     let failed = match headers.get("grpc-status") {
         Some(code) => matches!(code.as_bytes(), b"14" | b"4"),
         None => matches!(status, 502..=504),
     };
-    Some(match by_worker && failed {
+    let by_worker = || {
+        headers
+            .get(X_OL_ERROR)
+            .is_some_and(|v| v.as_bytes() == LEVEL_WORKER.as_bytes())
+    };
+    Some(match failed && by_worker() {
         true => Outcome::PlatformFailure,
         false => Outcome::Answered,
     })

@@ -391,7 +391,7 @@ pub fn shutting_down() {
 
 /// Stops every local worker: SIGTERM, up to `grace`, then SIGKILL.
 pub fn stop_all(grace: Duration) {
-    STOPPING.store(true, Ordering::Relaxed);
+    shutting_down();
     let slots = std::mem::take(&mut *SLOTS.lock().unwrap_or_else(|e| e.into_inner()));
     for s in &slots {
         let run = s.run.lock().unwrap_or_else(|e| e.into_inner());
